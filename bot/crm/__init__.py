@@ -1,0 +1,2 @@
+"""The CRM store: patients and their channel identities, departments, doctors, schedule slots,
+appointments, escalations, consent and the audit log."""

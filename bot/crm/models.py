@@ -1,0 +1,217 @@
+"""SQLAlchemy models of the CRM store. Alembic migrations in bot/migrations mirror this file.
+
+Times are stored as naive UTC datetimes (SQLite has no time zones); bot.clock converts for display.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import declarative_base, relationship
+
+Base = declarative_base()
+
+
+def utcnow() -> datetime:
+    return datetime.utcnow().replace(microsecond=0)
+
+
+class Channel(str, enum.Enum):
+    """Where a patient can be reached. The value is what channel identities and consent store."""
+
+    WECHAT = "wechat"
+    SMS = "sms"
+    VOICE = "voice"
+    WEBCHAT = "webchat"
+
+
+class AppointmentStatus(str, enum.Enum):
+    BOOKED = "booked"
+    CANCELLED = "cancelled"
+    RESCHEDULED = "rescheduled"  # replaced by a new appointment
+    COMPLETED = "completed"
+    NO_SHOW = "no_show"
+
+
+class EscalationStatus(str, enum.Enum):
+    OPEN = "open"
+    CLAIMED = "claimed"
+    RESOLVED = "resolved"
+
+
+class Patient(Base):
+    """A person the hospital treats. Identified by name and mobile; a family may share one mobile."""
+
+    __tablename__ = "patients"
+    __table_args__ = (UniqueConstraint("phone", "name", name="uq_patients_phone_name"),)
+
+    id = Column(Integer, primary_key=True)
+    card_no = Column(String(20), nullable=False, unique=True)  # 就诊卡号, issued at registration (开卡)
+    name = Column(String(64), nullable=False)
+    phone = Column(String(20), nullable=False, index=True)  # E.164, e.g. +8613800138000
+    locale = Column(String(16), nullable=False, default="zh_CN")
+    timezone = Column(String(40), nullable=False, default="Asia/Shanghai")
+    created_at = Column(DateTime, nullable=False, default=utcnow)
+
+    identities = relationship("ChannelIdentity", back_populates="patient", cascade="all, delete-orphan")
+
+
+class ChannelIdentity(Base):
+    """One way a patient writes to us: a WeChat openid, a phone number, a web-chat session id."""
+
+    __tablename__ = "channel_identities"
+    __table_args__ = (UniqueConstraint("channel", "external_id", name="uq_identity_channel_external"),)
+
+    id = Column(Integer, primary_key=True)
+    patient_id = Column(Integer, ForeignKey("patients.id", ondelete="CASCADE"), nullable=False, index=True)
+    channel = Column(String(16), nullable=False)
+    external_id = Column(String(128), nullable=False)
+    created_at = Column(DateTime, nullable=False, default=utcnow)
+
+    patient = relationship("Patient", back_populates="identities")
+
+
+class Department(Base):
+    """A clinical department; `code` is the stable identifier triage and evaluation use."""
+
+    __tablename__ = "departments"
+
+    code = Column(String(40), primary_key=True)
+    name = Column(String(64), nullable=False)
+    location = Column(String(128), nullable=False, default="")
+
+    doctors = relationship("Doctor", back_populates="department")
+
+
+class Doctor(Base):
+    __tablename__ = "doctors"
+
+    id = Column(Integer, primary_key=True)
+    name = Column(String(64), nullable=False)
+    title = Column(String(32), nullable=False)  # 主任医师, 副主任医师, 主治医师
+    department_code = Column(String(40), ForeignKey("departments.code"), nullable=False, index=True)
+    specialty = Column(String(255), nullable=False, default="")
+    room = Column(String(64), nullable=False, default="")
+
+    department = relationship("Department", back_populates="doctors")
+
+
+class ScheduleSlot(Base):
+    """One bookable consultation with one doctor at one time."""
+
+    __tablename__ = "schedule_slots"
+    __table_args__ = (
+        UniqueConstraint("doctor_id", "start_at", name="uq_slot_doctor_start"),
+        Index("ix_slots_start", "start_at"),
+    )
+
+    id = Column(Integer, primary_key=True)
+    doctor_id = Column(Integer, ForeignKey("doctors.id"), nullable=False)
+    start_at = Column(DateTime, nullable=False)  # UTC
+    end_at = Column(DateTime, nullable=False)  # UTC
+
+    doctor = relationship("Doctor")
+
+
+class Appointment(Base):
+    """A patient's booking of a slot.
+
+    The partial unique index `uq_appointments_active_slot` lets at most one *booked* appointment hold a
+    slot: double booking is impossible at the database level, whatever the application does.
+    """
+
+    __tablename__ = "appointments"
+    __table_args__ = (
+        Index(
+            "uq_appointments_active_slot",
+            "slot_id",
+            unique=True,
+            sqlite_where=text("status = 'booked'"),
+            postgresql_where=text("status = 'booked'"),
+        ),
+        Index("ix_appointments_patient_status", "patient_id", "status"),
+    )
+
+    id = Column(Integer, primary_key=True)
+    patient_id = Column(Integer, ForeignKey("patients.id", ondelete="CASCADE"), nullable=False)
+    booked_by_patient_id = Column(Integer, ForeignKey("patients.id", ondelete="SET NULL"), nullable=True)
+    slot_id = Column(Integer, ForeignKey("schedule_slots.id"), nullable=False)
+    status = Column(
+        Enum(AppointmentStatus, name="appointment_status", native_enum=False, length=16,
+             values_callable=lambda e: [m.value for m in e]),
+        nullable=False,
+        default=AppointmentStatus.BOOKED,
+    )
+    channel = Column(String(16), nullable=True)
+    replaces_appointment_id = Column(Integer, ForeignKey("appointments.id"), nullable=True)
+    created_at = Column(DateTime, nullable=False, default=utcnow)
+    cancelled_at = Column(DateTime, nullable=True)
+
+    patient = relationship("Patient", foreign_keys=[patient_id])
+    booked_by = relationship("Patient", foreign_keys=[booked_by_patient_id])
+    slot = relationship("ScheduleSlot")
+
+
+class Escalation(Base):
+    """A conversation handed to a human, with why and how urgent (1 = most urgent)."""
+
+    __tablename__ = "escalations"
+    __table_args__ = (Index("ix_escalations_status_priority", "status", "priority", "created_at"),)
+
+    id = Column(Integer, primary_key=True)
+    patient_id = Column(Integer, ForeignKey("patients.id", ondelete="SET NULL"), nullable=True)
+    sender_id = Column(String(128), nullable=False)
+    channel = Column(String(16), nullable=True)
+    reason = Column(String(40), nullable=False)
+    priority = Column(Integer, nullable=False, default=3)
+    summary = Column(Text, nullable=False, default="")
+    status = Column(
+        Enum(EscalationStatus, name="escalation_status", native_enum=False, length=16,
+             values_callable=lambda e: [m.value for m in e]),
+        nullable=False,
+        default=EscalationStatus.OPEN,
+    )
+    created_at = Column(DateTime, nullable=False, default=utcnow)
+
+
+class Consent(Base):
+    """Whether a patient accepts messages on a channel; an opt-out is never overridden by a reminder."""
+
+    __tablename__ = "consents"
+    __table_args__ = (UniqueConstraint("patient_id", "channel", name="uq_consent_patient_channel"),)
+
+    id = Column(Integer, primary_key=True)
+    patient_id = Column(Integer, ForeignKey("patients.id", ondelete="CASCADE"), nullable=False)
+    channel = Column(String(16), nullable=False)
+    opted_in = Column(Integer, nullable=False, default=1)  # 1 = yes, 0 = opted out
+    updated_at = Column(DateTime, nullable=False, default=utcnow, onupdate=utcnow)
+
+
+class AuditEntry(Base):
+    """Who read or changed what. `detail` never holds names or phone numbers."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_entity", "entity", "entity_id"),)
+
+    id = Column(Integer, primary_key=True)
+    at = Column(DateTime, nullable=False, default=utcnow, index=True)
+    actor = Column(String(64), nullable=False)
+    action = Column(String(32), nullable=False)
+    entity = Column(String(32), nullable=False)
+    entity_id = Column(String(64), nullable=False)
+    patient_id = Column(Integer, nullable=True, index=True)
+    detail = Column(JSON, nullable=True)
