@@ -41,8 +41,7 @@ def _load_yaml(path: Path) -> dict:
 def departments() -> Dict[str, DepartmentInfo]:
     raw = _load_yaml(HOSPITAL_DATA / "departments.yml")["departments"]
     return {
-        d["code"]: DepartmentInfo(d["code"], d["name"], d.get("location", ""), tuple(d.get("aliases", [])))
-        for d in raw
+        d["code"]: DepartmentInfo(d["code"], d["name"], d.get("location", ""), tuple(d.get("aliases", []))) for d in raw
     }
 
 

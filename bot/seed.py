@@ -63,8 +63,15 @@ def seed_departments_and_doctors(session: Session) -> int:
     added = 0
     for entry in doctor_roster():
         if (entry["name"], entry["department"]) not in known:
-            session.add(Doctor(name=entry["name"], title=entry["title"], department_code=entry["department"],
-                               room=entry.get("room", ""), specialty=entry.get("specialty", "")))
+            session.add(
+                Doctor(
+                    name=entry["name"],
+                    title=entry["title"],
+                    department_code=entry["department"],
+                    room=entry.get("room", ""),
+                    specialty=entry.get("specialty", ""),
+                )
+            )
             added += 1
     session.flush()
     return added

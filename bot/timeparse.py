@@ -38,7 +38,7 @@ class TimeSpan:
 
     @property
     def is_past(self) -> bool:
-        return self.end < clock.local_now(str(self.start.tzinfo))
+        return self.end < clock.now()
 
 
 def wants_earliest(text: str) -> bool:
@@ -85,8 +85,14 @@ def extract_times(text: str, tz_name: Optional[str] = None, reference: Optional[
 
 def _wall_clock(ref: datetime) -> dict:
     """JioNLP takes the reference as wall-clock fields, which keeps the process's own zone out of it."""
-    return {"year": ref.year, "month": ref.month, "day": ref.day,
-            "hour": ref.hour, "minute": ref.minute, "second": ref.second}
+    return {
+        "year": ref.year,
+        "month": ref.month,
+        "day": ref.day,
+        "hour": ref.hour,
+        "minute": ref.minute,
+        "second": ref.second,
+    }
 
 
 def _next_year(moment: datetime) -> datetime:

@@ -19,7 +19,13 @@ def record(
     detail: Optional[Mapping[str, Any]] = None,
 ) -> AuditEntry:
     """Add an audit row in the caller's transaction (so it commits or rolls back with the change)."""
-    entry = AuditEntry(actor=actor, action=action, entity=entity, entity_id=str(entity_id),
-                       patient_id=patient_id, detail=dict(detail) if detail else None)
+    entry = AuditEntry(
+        actor=actor,
+        action=action,
+        entity=entity,
+        entity_id=str(entity_id),
+        patient_id=patient_id,
+        detail=dict(detail) if detail else None,
+    )
     session.add(entry)
     return entry

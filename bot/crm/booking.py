@@ -123,12 +123,16 @@ def free_slots(
     spread over different doctors and half-days where the window allows."""
     start = max(clock.to_db(window_start) if window_start else bookable_from(), bookable_from())
     end = clock.to_db(window_end) if window_end else start + timedelta(days=60)
-    candidates = session.execute(
-        _free_slot_query(department_code, doctor_id, start, end)
-        .options(joinedload(ScheduleSlot.doctor))
-        .order_by(ScheduleSlot.start_at, ScheduleSlot.doctor_id)
-        .limit(limit * 20)
-    ).scalars().all()
+    candidates = (
+        session.execute(
+            _free_slot_query(department_code, doctor_id, start, end)
+            .options(joinedload(ScheduleSlot.doctor))
+            .order_by(ScheduleSlot.start_at, ScheduleSlot.doctor_id)
+            .limit(limit * 20)
+        )
+        .scalars()
+        .all()
+    )
     return [_offer(slot, tz_name) for slot in _spread(candidates, limit)]
 
 
@@ -163,11 +167,15 @@ def nearest_days_with_free_slots(
 ) -> List[date]:
     """Local dates with at least one free slot, nearest to `around` first (default: soonest)."""
     start = bookable_from()
-    starts = session.execute(
-        _free_slot_query(department_code, doctor_id, start, start + timedelta(days=60))
-        .with_only_columns(ScheduleSlot.start_at)
-        .order_by(ScheduleSlot.start_at)
-    ).scalars().all()
+    starts = (
+        session.execute(
+            _free_slot_query(department_code, doctor_id, start, start + timedelta(days=60))
+            .with_only_columns(ScheduleSlot.start_at)
+            .order_by(ScheduleSlot.start_at)
+        )
+        .scalars()
+        .all()
+    )
     days = sorted({clock.from_db(moment, tz_name).date() for moment in starts})
     if around is not None:
         target = around.astimezone(clock.local_tz(tz_name)).date()
@@ -206,8 +214,15 @@ def book_slot(
             session.flush()
     except IntegrityError as exc:
         raise SlotTaken(f"slot {slot_id} was booked by someone else") from exc
-    audit.record(session, actor, "create", "appointment", appointment.id, patient_id,
-                 {"slot_id": slot_id, "replaces": replaces.id if replaces else None})
+    audit.record(
+        session,
+        actor,
+        "create",
+        "appointment",
+        appointment.id,
+        patient_id,
+        {"slot_id": slot_id, "replaces": replaces.id if replaces else None},
+    )
     return appointment
 
 
@@ -273,8 +288,15 @@ def reschedule_appointment(
         old.status = AppointmentStatus.RESCHEDULED
         old.cancelled_at = clock.utc_now_naive()
         session.flush()
-        new = book_slot(session, patient_id=old.patient_id, slot_id=new_slot_id,
-                        booked_by_patient_id=old.booked_by_patient_id, channel=channel, actor=actor, replaces=old)
+        new = book_slot(
+            session,
+            patient_id=old.patient_id,
+            slot_id=new_slot_id,
+            booked_by_patient_id=old.booked_by_patient_id,
+            channel=channel,
+            actor=actor,
+            replaces=old,
+        )
     return new
 
 
@@ -283,14 +305,19 @@ def upcoming_appointments(
 ) -> List[AppointmentView]:
     """Booked appointments still ahead, for the patients and those they booked for; the read is audited."""
     ids = list(patient_ids)
-    rows = session.execute(
-        select(Appointment)
-        .join(ScheduleSlot, Appointment.slot_id == ScheduleSlot.id)
-        .options(joinedload(Appointment.slot).joinedload(ScheduleSlot.doctor), joinedload(Appointment.patient))
-        .where(Appointment.status == AppointmentStatus.BOOKED, ScheduleSlot.start_at >= clock.utc_now_naive())
-        .where(Appointment.patient_id.in_(ids) | Appointment.booked_by_patient_id.in_(ids))
-        .order_by(ScheduleSlot.start_at)
-    ).scalars().unique().all()
+    rows = (
+        session.execute(
+            select(Appointment)
+            .join(ScheduleSlot, Appointment.slot_id == ScheduleSlot.id)
+            .options(joinedload(Appointment.slot).joinedload(ScheduleSlot.doctor), joinedload(Appointment.patient))
+            .where(Appointment.status == AppointmentStatus.BOOKED, ScheduleSlot.start_at >= clock.utc_now_naive())
+            .where(Appointment.patient_id.in_(ids) | Appointment.booked_by_patient_id.in_(ids))
+            .order_by(ScheduleSlot.start_at)
+        )
+        .scalars()
+        .unique()
+        .all()
+    )
     for row in rows:
         audit.record(session, actor, "read", "appointment", row.id, row.patient_id)
     return [_view(row, tz_name) for row in rows]
@@ -298,7 +325,8 @@ def upcoming_appointments(
 
 def count_booked(session: Session, slot_id: int) -> int:
     return session.execute(
-        select(func.count()).select_from(Appointment)
+        select(func.count())
+        .select_from(Appointment)
         .where(Appointment.slot_id == slot_id, Appointment.status == AppointmentStatus.BOOKED)
     ).scalar_one()
 
@@ -306,3 +334,23 @@ def count_booked(session: Session, slot_id: int) -> int:
 def patient_name(session: Session, patient_id: int) -> str:
     patient = session.get(Patient, patient_id)
     return patient.name if patient else ""
+
+
+def doctor_named_in(session: Session, text: str) -> Optional[Doctor]:
+    """The doctor whose full name appears in the text (王建国医生, 约李秀英), or None."""
+    if not text:
+        return None
+    for doctor in session.execute(select(Doctor)).scalars():
+        if doctor.name in text:
+            return doctor
+    return None
+
+
+def appointment_view(session: Session, appointment_id: int, tz_name: Optional[str] = None) -> Optional[AppointmentView]:
+    appointment = session.get(Appointment, appointment_id)
+    return _view(appointment, tz_name) if appointment else None
+
+
+def slot_offer(session: Session, slot_id: int, tz_name: Optional[str] = None) -> Optional[SlotOffer]:
+    slot = session.get(ScheduleSlot, slot_id)
+    return _offer(slot, tz_name) if slot else None

@@ -10,6 +10,7 @@ from datetime import datetime
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Column,
     DateTime,
     Enum,
@@ -151,8 +152,13 @@ class Appointment(Base):
     booked_by_patient_id = Column(Integer, ForeignKey("patients.id", ondelete="SET NULL"), nullable=True)
     slot_id = Column(Integer, ForeignKey("schedule_slots.id"), nullable=False)
     status = Column(
-        Enum(AppointmentStatus, name="appointment_status", native_enum=False, length=16,
-             values_callable=lambda e: [m.value for m in e]),
+        Enum(
+            AppointmentStatus,
+            name="appointment_status",
+            native_enum=False,
+            length=16,
+            values_callable=lambda e: [m.value for m in e],
+        ),
         nullable=False,
         default=AppointmentStatus.BOOKED,
     )
@@ -180,8 +186,13 @@ class Escalation(Base):
     priority = Column(Integer, nullable=False, default=3)
     summary = Column(Text, nullable=False, default="")
     status = Column(
-        Enum(EscalationStatus, name="escalation_status", native_enum=False, length=16,
-             values_callable=lambda e: [m.value for m in e]),
+        Enum(
+            EscalationStatus,
+            name="escalation_status",
+            native_enum=False,
+            length=16,
+            values_callable=lambda e: [m.value for m in e],
+        ),
         nullable=False,
         default=EscalationStatus.OPEN,
     )
@@ -189,15 +200,17 @@ class Escalation(Base):
 
 
 class Consent(Base):
-    """Whether a patient accepts messages on a channel; an opt-out is never overridden by a reminder."""
+    """Whether a channel identity accepts messages. An opt-out is never overridden by a reminder, and an
+    unknown sender can opt out before they ever register."""
 
     __tablename__ = "consents"
-    __table_args__ = (UniqueConstraint("patient_id", "channel", name="uq_consent_patient_channel"),)
+    __table_args__ = (UniqueConstraint("channel", "external_id", name="uq_consent_channel_external"),)
 
     id = Column(Integer, primary_key=True)
-    patient_id = Column(Integer, ForeignKey("patients.id", ondelete="CASCADE"), nullable=False)
+    patient_id = Column(Integer, ForeignKey("patients.id", ondelete="CASCADE"), nullable=True, index=True)
     channel = Column(String(16), nullable=False)
-    opted_in = Column(Integer, nullable=False, default=1)  # 1 = yes, 0 = opted out
+    external_id = Column(String(128), nullable=False)
+    opted_in = Column(Boolean, nullable=False, default=True)
     updated_at = Column(DateTime, nullable=False, default=utcnow, onupdate=utcnow)
 
 

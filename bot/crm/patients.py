@@ -60,9 +60,9 @@ def mask_phone(e164: str) -> str:
 
 def find_by_identity(session: Session, channel: str, external_id: str) -> Optional[Patient]:
     return session.execute(
-        select(Patient).join(ChannelIdentity).where(
-            ChannelIdentity.channel == channel, ChannelIdentity.external_id == external_id
-        )
+        select(Patient)
+        .join(ChannelIdentity)
+        .where(ChannelIdentity.channel == channel, ChannelIdentity.external_id == external_id)
     ).scalar_one_or_none()
 
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 11:26:42.299719
+Create Date: 2026-11-23 11:30:34.336047
 """
 from alembic import op
 import sqlalchemy as sa
@@ -68,14 +68,18 @@ def upgrade() -> None:
 
     op.create_table('consents',
     sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('patient_id', sa.Integer(), nullable=False),
+    sa.Column('patient_id', sa.Integer(), nullable=True),
     sa.Column('channel', sa.String(length=16), nullable=False),
-    sa.Column('opted_in', sa.Integer(), nullable=False),
+    sa.Column('external_id', sa.String(length=128), nullable=False),
+    sa.Column('opted_in', sa.Boolean(), nullable=False),
     sa.Column('updated_at', sa.DateTime(), nullable=False),
     sa.ForeignKeyConstraint(['patient_id'], ['patients.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('patient_id', 'channel', name='uq_consent_patient_channel')
+    sa.UniqueConstraint('channel', 'external_id', name='uq_consent_channel_external')
     )
+    with op.batch_alter_table('consents', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_consents_patient_id'), ['patient_id'], unique=False)
+
     op.create_table('doctors',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('name', sa.String(length=64), nullable=False),
@@ -159,6 +163,9 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_doctors_department_code'))
 
     op.drop_table('doctors')
+    with op.batch_alter_table('consents', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_consents_patient_id'))
+
     op.drop_table('consents')
     with op.batch_alter_table('channel_identities', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_channel_identities_patient_id'))

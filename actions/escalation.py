@@ -1,0 +1,117 @@
+"""When the bot should not go on alone: repeated misunderstanding, a request for a person, a complaint;
+and a patient's opt-out of messages."""
+
+from __future__ import annotations
+
+import logging
+from typing import List, Optional
+
+from rasa_sdk import Action, Tracker
+from rasa_sdk.events import ActiveLoop, EventType, SlotSet
+from rasa_sdk.executor import CollectingDispatcher
+from rasa_sdk.types import DomainDict
+
+from actions import names
+from actions.common import channel_of, in_db, reset_form_slots
+from bot.crm import consent, escalations
+
+logger = logging.getLogger(__name__)
+
+FALLBACKS_BEFORE_HUMAN = 2
+
+
+def consecutive_fallbacks(tracker: Tracker) -> int:
+    """How many of the latest user messages in a row fell below the NLU confidence threshold."""
+    count = 0
+    for event in reversed(tracker.events):
+        if event.get("event") != "user":
+            continue
+        if ((event.get("parse_data") or {}).get("intent") or {}).get("name") != names.NLU_FALLBACK:
+            break
+        count += 1
+    return count
+
+
+def conversation_summary(tracker: Tracker, turns: int = 6) -> str:
+    """The patient's last few messages, oldest first: what a nurse reads before answering."""
+    texts = [e.get("text") or "" for e in tracker.events if e.get("event") == "user"][-turns:]
+    return " / ".join(text for text in texts if text)
+
+
+async def _escalate(tracker: Tracker, reason: str) -> int:
+    patient_id: Optional[int] = tracker.get_slot(names.PATIENT_ID)
+    summary = conversation_summary(tracker)
+    channel = channel_of(tracker)
+    escalation = await in_db(
+        lambda session: escalations.open_escalation(
+            session,
+            sender_id=tracker.sender_id,
+            channel=channel,
+            reason=reason,
+            summary=summary,
+            patient_id=int(patient_id) if patient_id else None,
+        )
+    )
+    logger.info("escalation %s opened (%s)", escalation.id, reason)
+    return escalation.id
+
+
+def _leave_form(tracker: Tracker) -> List[EventType]:
+    if not tracker.active_loop.get("name"):
+        return []
+    return [ActiveLoop(None), SlotSet(names.REQUESTED_SLOT, None), *reset_form_slots(tracker)]
+
+
+class HandleFallback(Action):
+    """First miss: ask to rephrase. Second miss in a row: offer a human and record an escalation."""
+
+    def name(self) -> str:
+        return "action_handle_fallback"
+
+    async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> List[EventType]:
+        if consecutive_fallbacks(tracker) >= FALLBACKS_BEFORE_HUMAN:
+            await _escalate(tracker, "repeated_fallback")
+            dispatcher.utter_message(response="utter_offer_human_after_fallback")
+        else:
+            dispatcher.utter_message(response="utter_ask_rephrase")
+        return []
+
+
+class RequestHuman(Action):
+    def name(self) -> str:
+        return "action_request_human"
+
+    async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> List[EventType]:
+        await _escalate(tracker, "request_human")
+        dispatcher.utter_message(response="utter_human_requested")
+        return _leave_form(tracker)
+
+
+class Complaint(Action):
+    def name(self) -> str:
+        return "action_complaint"
+
+    async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> List[EventType]:
+        await _escalate(tracker, "complaint")
+        dispatcher.utter_message(response="utter_complaint_recorded")
+        return _leave_form(tracker)
+
+
+class OptOut(Action):
+    def name(self) -> str:
+        return "action_opt_out"
+
+    async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> List[EventType]:
+        patient_id = tracker.get_slot(names.PATIENT_ID)
+        channel, sender = channel_of(tracker), tracker.sender_id
+        await in_db(
+            lambda session: consent.set_consent(
+                session,
+                channel=channel,
+                external_id=sender,
+                opted_in=False,
+                patient_id=int(patient_id) if patient_id else None,
+            )
+        )
+        dispatcher.utter_message(response="utter_opted_out")
+        return _leave_form(tracker)

@@ -1,0 +1,53 @@
+"""Intent, slot and form names, written once. domain.yml is the other place they appear."""
+
+# intents
+AFFIRM = "affirm"
+DENY = "deny"
+STOP = "stop"
+NLU_FALLBACK = "nlu_fallback"
+
+# slots
+PATIENT_ID = "patient_id"
+ID_NAME = "id_name"
+ID_PHONE = "id_phone"
+RELATION = "relation"
+FAMILY_NAME = "family_name"
+FAMILY_PHONE = "family_phone"
+DEPARTMENT = "department"
+DOCTOR_ID = "doctor_id"
+DATE_PREF = "date_pref"
+SLOT_CHOICE = "slot_choice"
+OFFERED_SLOTS = "offered_slots"
+APPOINTMENT_CHOICE = "appointment_choice"
+OFFERED_APPOINTMENTS = "offered_appointments"
+CONFIRMED = "confirmed"
+REQUESTED_SLOT = "requested_slot"
+
+IDENTITY_SLOTS = [ID_NAME, ID_PHONE]
+FAMILY_SLOTS = [FAMILY_NAME, FAMILY_PHONE]
+
+# forms
+BOOKING_FORM = "booking_form"
+CANCEL_FORM = "cancel_form"
+RESCHEDULE_FORM = "reschedule_form"
+QUERY_FORM = "query_form"
+
+# Every slot a form fills; cleared when a form starts or stops so that nothing leaks between flows.
+FORM_SLOTS = [
+    ID_NAME,
+    ID_PHONE,
+    RELATION,
+    FAMILY_NAME,
+    FAMILY_PHONE,
+    DEPARTMENT,
+    DOCTOR_ID,
+    DATE_PREF,
+    SLOT_CHOICE,
+    OFFERED_SLOTS,
+    APPOINTMENT_CHOICE,
+    OFFERED_APPOINTMENTS,
+    CONFIRMED,
+]
+
+# date_pref holds "start|end" in local ISO format, or this marker for "as soon as possible"
+EARLIEST = "earliest"

@@ -1,0 +1,37 @@
+"""Handing a conversation to a human: escalation rows the nurse console (later) works from."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from sqlalchemy.orm import Session
+
+from bot.crm import audit
+from bot.crm.models import Escalation
+
+# 1 = most urgent. Red flags (triage) use 1; a patient asking for a person 2; everything else 3.
+PRIORITY = {"red_flag": 1, "request_human": 2, "complaint": 3, "repeated_fallback": 3}
+
+
+def open_escalation(
+    session: Session,
+    *,
+    sender_id: str,
+    channel: Optional[str],
+    reason: str,
+    summary: str,
+    patient_id: Optional[int] = None,
+    priority: Optional[int] = None,
+) -> Escalation:
+    escalation = Escalation(
+        sender_id=sender_id,
+        channel=channel,
+        reason=reason,
+        priority=priority or PRIORITY.get(reason, 3),
+        summary=summary[:2000],
+        patient_id=patient_id,
+    )
+    session.add(escalation)
+    session.flush()
+    audit.record(session, "assistant", "create", "escalation", escalation.id, patient_id, {"reason": reason})
+    return escalation

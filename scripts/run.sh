@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Start the action server and the Rasa server (with the web chat), print the URL, stop both on Ctrl-C.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RASA_PORT=${RASA_PORT:-5005}
+ACTIONS_PORT=${ACTIONS_PORT:-5055}
+mkdir -p var/log
+
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT INT TERM
+
+.venv/bin/rasa run actions --port "$ACTIONS_PORT" --actions actions >var/log/actions.log 2>&1 &
+pids+=($!)
+.venv/bin/rasa run --model models/current.tar.gz --port "$RASA_PORT" --interface 127.0.0.1 \
+  --endpoints endpoints.yml --credentials credentials.yml >var/log/rasa.log 2>&1 &
+pids+=($!)
+
+echo "Starting the assistant (loading the model takes about a minute; logs in var/log/)..."
+for _ in $(seq 1 180); do
+  if curl -fsS "http://127.0.0.1:${RASA_PORT}/status" >/dev/null 2>&1 ||
+     curl -fsS "http://127.0.0.1:${RASA_PORT}/webhooks/webchat/health" >/dev/null 2>&1; then
+    echo
+    echo "  Web chat:  http://127.0.0.1:${RASA_PORT}/webhooks/webchat/"
+    echo "  REST API:  POST http://127.0.0.1:${RASA_PORT}/webhooks/rest/webhook"
+    echo
+    echo "Press Ctrl-C to stop."
+    wait -n "${pids[@]}"
+    echo "a process stopped; see var/log/" >&2
+    exit 1
+  fi
+  for pid in "${pids[@]}"; do
+    kill -0 "$pid" 2>/dev/null || { echo "a process failed to start; see var/log/" >&2; tail -20 var/log/*.log >&2; exit 1; }
+  done
+  sleep 1
+done
+echo "the Rasa server did not answer within 180 s; see var/log/rasa.log" >&2
+exit 1
