@@ -1,10 +1,12 @@
 """Time in one place: the CRM stores naive UTC, patients live in their hospital's time zone.
 
-Tests move time by setting `bot.clock.now_override` (never by sleeping).
+Tests move time by setting `bot.clock.now_override` in-process, or HOSPITAL_FAKE_NOW (an ISO datetime with
+offset) for every process of a test run or a demo; never by sleeping.
 """
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timezone
 from typing import Optional
 
@@ -12,7 +14,9 @@ from zoneinfo import ZoneInfo
 
 from bot.config import get_settings
 
-now_override: Optional[datetime] = None  # aware datetime; for tests and demos
+now_override: Optional[datetime] = (
+    datetime.fromisoformat(os.environ["HOSPITAL_FAKE_NOW"]) if os.environ.get("HOSPITAL_FAKE_NOW") else None
+)  # aware datetime; for tests and demos
 
 
 def now() -> datetime:

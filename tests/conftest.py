@@ -1,0 +1,112 @@
+"""Shared fixtures: fresh CRM databases (SQLite and the real PostgreSQL), a fixed clock, the trained
+Rasa agent loaded once per session, and the real action server in a subprocess.
+
+PostgreSQL (PG_TEST_URL) and Redis (REDIS_TEST_URL) are real servers. When one is down, its tests are
+skipped with a plain message; with CI=true a missing server fails the run instead.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Iterator
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine.url import make_url
+
+# A fixed Monday morning in Shanghai, for every process this test run starts (see bot.clock).
+FAKE_NOW = datetime(2026, 11, 23, 9, 0, tzinfo=ZoneInfo("Asia/Shanghai"))
+os.environ.setdefault("HOSPITAL_FAKE_NOW", FAKE_NOW.isoformat())
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("RASA_TELEMETRY_ENABLED", "false")
+
+from bot import clock  # noqa: E402  (reads HOSPITAL_FAKE_NOW at import)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PG_TEST_URL = os.environ.get("PG_TEST_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_TEST_URL = os.environ.get("REDIS_TEST_URL", "redis://127.0.0.1:6379/15")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def _reachable(url: str, default_port: int) -> bool:
+    parsed = make_url(url) if "://" in url else None
+    host = (parsed.host if parsed else None) or "127.0.0.1"
+    port = (parsed.port if parsed else None) or default_port
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def require_server(name: str, url: str, default_port: int, how_to_start: str) -> None:
+    if _reachable(url, default_port):
+        return
+    message = f"{name} is not reachable at {url}. Start it with: {how_to_start}"
+    if IN_CI:
+        pytest.fail(f"CI=true requires {name}: {message}", pytrace=False)
+    pytest.skip(message)
+
+
+def pytest_report_header(config: pytest.Config) -> list:
+    lines = []
+    for name, url, port in (("PostgreSQL", PG_TEST_URL, 5432), ("Redis", REDIS_TEST_URL, 6379)):
+        state = "reachable" if _reachable(url, port) else "NOT reachable: its tests will be skipped"
+        lines.append(f"{name} {url}: {state}{' (CI=true: missing servers fail)' if IN_CI else ''}")
+    return lines
+
+
+@pytest.fixture(autouse=True)
+def fixed_clock() -> Iterator[datetime]:
+    """Every test starts on the fixed Monday morning; tests may move clock.now_override."""
+    clock.now_override = FAKE_NOW
+    yield FAKE_NOW
+    clock.now_override = FAKE_NOW
+
+
+# ----------------------------------------------------------------------------------------------
+# databases
+# ----------------------------------------------------------------------------------------------
+def migrate_and_seed(url: str, days: int = 14) -> str:
+    from bot import db, seed
+
+    db.upgrade(url)
+    seed.seed(days=days, url=url)
+    return url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'crm.sqlite'}"
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh schema in the real PostgreSQL for one test, dropped afterwards."""
+    require_server(
+        "PostgreSQL", PG_TEST_URL, 5432, "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+    )
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_TEST_URL, future=True)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = make_url(PG_TEST_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+    yield url.render_as_string(hide_password=False)
+    from bot.db import get_engine
+
+    get_engine(url.render_as_string(hide_password=False)).dispose()
+    with admin.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def crm_url(request: pytest.FixtureRequest) -> str:
+    """A migrated, seeded CRM on each backend."""
+    url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
+    return migrate_and_seed(url)
