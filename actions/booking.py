@@ -178,7 +178,7 @@ class ValidateBookingForm(PatientFormValidation):
                 if date_pref:
                     found[names.DATE_PREF] = date_pref
             return found
-        dispatcher.utter_message(response="utter_unknown_department", text=text[:20])
+        dispatcher.utter_message(response="utter_unknown_department", name=text[:20])
         return {names.DEPARTMENT: None}
 
     def validate_date_pref(
@@ -540,11 +540,13 @@ class CancelAppointment(Action):
 
     async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> List[EventType]:
         appointment_id = tracker.get_slot(names.APPOINTMENT_CHOICE)
-        if appointment_id in (None, NO_APPOINTMENT):
+        confirmed = tracker.get_slot(names.CONFIRMED)
+        if appointment_id == NO_APPOINTMENT:
             dispatcher.utter_message(response="utter_no_upcoming_appointments")
             return reset_form_slots(tracker)
-        if tracker.get_slot(names.CONFIRMED) is not True:
+        if confirmed is False:
             dispatcher.utter_message(response="utter_cancel_kept")
+        if confirmed is not True or appointment_id is None:  # kept, or the patient stopped the flow
             return reset_form_slots(tracker)
         patient_id = int(tracker.get_slot(names.PATIENT_ID))
 
@@ -571,12 +573,12 @@ class RescheduleAppointment(Action):
 
     async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> List[EventType]:
         appointment_id = tracker.get_slot(names.APPOINTMENT_CHOICE)
-        if appointment_id in (None, NO_APPOINTMENT):
+        if appointment_id == NO_APPOINTMENT:
             dispatcher.utter_message(response="utter_no_upcoming_appointments")
             return reset_form_slots(tracker)
         slot_id = tracker.get_slot(names.SLOT_CHOICE)
-        if tracker.get_slot(names.CONFIRMED) is not True or slot_id is None:
-            return reset_form_slots(tracker)
+        if tracker.get_slot(names.CONFIRMED) is not True or slot_id is None or appointment_id is None:
+            return reset_form_slots(tracker)  # the patient stopped the flow
         patient_id = int(tracker.get_slot(names.PATIENT_ID))
         channel = channel_of(tracker)
 
@@ -623,6 +625,8 @@ class ListAppointments(Action):
         return "action_list_appointments"
 
     async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> List[EventType]:
+        if not tracker.get_slot(names.PATIENT_ID):  # the patient stopped before identifying
+            return reset_form_slots(tracker)
         views = await _upcoming(tracker)
         if not views:
             dispatcher.utter_message(response="utter_no_upcoming_appointments")
@@ -639,15 +643,4 @@ class LeaveForm(Action):
         return "action_leave_form"
 
     async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> List[EventType]:
-        return [ActiveLoop(None), SlotSet(names.REQUESTED_SLOT, None), *reset_form_slots(tracker)]
-
-
-class StopForm(Action):
-    """The patient aborts the current flow (算了, 不挂了): nothing is changed and form slots are cleared."""
-
-    def name(self) -> str:
-        return "action_stop_form"
-
-    async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> List[EventType]:
-        dispatcher.utter_message(response="utter_form_stopped")
         return [ActiveLoop(None), SlotSet(names.REQUESTED_SLOT, None), *reset_form_slots(tracker)]

@@ -18,6 +18,7 @@ from rasa_sdk.types import DomainDict
 from sqlalchemy.orm import Session
 
 from actions import names
+from bot import lexicon
 from bot.crm import patients
 from bot.db import session_scope
 from bot.errors import InvalidName, InvalidPhone
@@ -113,6 +114,12 @@ class PatientFormValidation(FormValidationAction):
         # Rasa's tracker may already name this form as the active loop during activation; an empty
         # requested_slot is the reliable sign that the form is starting rather than continuing.
         activating = tracker.get_slot(names.REQUESTED_SLOT) is None and not self.is_resuming(tracker)
+        if not activating and previous_action(tracker, skip=self.form_name()) is None:
+            if self.wants_to_stop(tracker):
+                dispatcher.utter_message(response="utter_form_stopped")
+                return [SlotSet(names.REQUESTED_SLOT, None), *reset_form_slots(tracker)]
+            if self.is_digression(tracker):
+                return []  # nothing extracted: the form rejects and a rule answers (rules.yml)
         if activating:
             for slot in names.FORM_SLOTS:
                 if tracker.slots.get(slot) is not None:
@@ -124,6 +131,24 @@ class PatientFormValidation(FormValidationAction):
                 events.append(SlotSet(slot, value))
         logger.debug("%s: activating=%s prefilled=%s", self.name(), activating, [event["name"] for event in events])
         return events + await super().run(dispatcher, tracker, domain)
+
+    def wants_to_stop(self, tracker: Tracker) -> bool:
+        """算了 / 不挂了 (or 取消 while booking): abandon this flow, changing nothing."""
+        intent = latest_intent(tracker)
+        if intent == names.STOP:
+            return True
+        if intent == names.FLOW_INTENTS[names.CANCEL_FORM] and self.form_name() == names.BOOKING_FORM:
+            return True
+        return lexicon.means_stop(latest_text(tracker))
+
+    def is_digression(self, tracker: Tracker) -> bool:
+        """A confident question or request that is not an answer to what the form asked."""
+        intent = tracker.latest_message.get("intent") or {}
+        if (intent.get("confidence") or 0.0) < names.DIGRESSION_CONFIDENCE:
+            return False
+        name = intent.get("name")
+        other_flows = set(names.FLOW_INTENTS.values()) - {names.FLOW_INTENTS[self.form_name()]}
+        return name in names.DIGRESSION_INTENTS or name in other_flows
 
     def is_resuming(self, tracker: Tracker) -> bool:
         """True when a submit action sent the patient back into the form (e.g. the slot was taken)."""

@@ -51,3 +51,15 @@ FORM_SLOTS = [
 
 # date_pref holds "start|end" in local ISO format, or this marker for "as soon as possible"
 EARLIEST = "earliest"
+
+# The intent that starts each form; another form's intent mid-form switches flows (see data/dialogue/rules.yml).
+FLOW_INTENTS = {
+    BOOKING_FORM: "book_appointment",
+    CANCEL_FORM: "cancel_appointment",
+    RESCHEDULE_FORM: "reschedule_appointment",
+    QUERY_FORM: "query_appointment",
+}
+# Intents that interrupt any form; rules answer them (and resume or leave the form).
+DIGRESSION_INTENTS = {"ask_hospital_info", "request_human", "complain", "opt_out"}
+# Below this NLU confidence a message inside a form is read as an answer, not as a digression.
+DIGRESSION_CONFIDENCE = 0.7

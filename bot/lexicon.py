@@ -35,3 +35,8 @@ def means_same_phone(text: str) -> bool:
 
 def asks_other_date(text: str) -> bool:
     return _contains_any(text or "", _lexicon()["other_date"])
+
+
+def means_stop(text: str) -> bool:
+    """'算了，不挂了': the patient abandons what we were doing."""
+    return _contains_any(text or "", _lexicon()["stop"])

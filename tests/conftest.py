@@ -13,11 +13,11 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Iterator
-from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine.url import make_url
+from zoneinfo import ZoneInfo
 
 # A fixed Monday morning in Shanghai, for every process this test run starts (see bot.clock).
 FAKE_NOW = datetime(2026, 11, 23, 9, 0, tzinfo=ZoneInfo("Asia/Shanghai"))
