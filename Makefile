@@ -49,7 +49,7 @@ setup: venv train db
 run: setup
 	@scripts/run.sh
 
-test: venv train
+test: setup
 	@scripts/test.sh
 
 test-fast: venv

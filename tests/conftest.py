@@ -53,6 +53,21 @@ def require_server(name: str, url: str, default_port: int, how_to_start: str) ->
     pytest.skip(message)
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Say plainly which real servers are missing; with CI=true that ends the run as a failure."""
+    missing = [
+        f"{name} ({url})"
+        for name, url, port in (("PostgreSQL", PG_TEST_URL, 5432), ("Redis", REDIS_TEST_URL, 6379))
+        if not _reachable(url, port)
+    ]
+    if not missing:
+        return
+    message = "not reachable: " + ", ".join(missing) + "; the tests that need them are skipped"
+    if IN_CI:
+        pytest.exit(f"CI=true requires every server, but {message}", returncode=1)
+    print(f"\nNOTE: {message}.", flush=True)
+
+
 def pytest_report_header(config: pytest.Config) -> list:
     lines = []
     for name, url, port in (("PostgreSQL", PG_TEST_URL, 5432), ("Redis", REDIS_TEST_URL, 6379)):

@@ -80,10 +80,11 @@ def action_server(dialogue_db: str, tmp_path_factory: pytest.TempPathFactory) ->
 def agent(action_server: str, event_loop_for_agent: asyncio.AbstractEventLoop) -> Any:
     if not MODEL.exists():
         pytest.fail(f"no trained model at {MODEL}: run `make train` (make test does it)")
+    import logging
+
     from rasa.core.agent import Agent
     from rasa.utils.endpoints import EndpointConfig
     from rasa.utils.log_utils import configure_structlog
-    import logging
 
     configure_structlog(logging.WARNING)
     asyncio.set_event_loop(event_loop_for_agent)
