@@ -42,7 +42,7 @@ train: $(MODEL)
 
 db: $(VENV)/.installed
 	$(PY) -m bot.db upgrade
-	$(PY) -m bot.seed --if-empty
+	$(PY) -m bot.seed   # idempotent: adds whatever the next 14 days lack
 
 setup: venv train db
 
