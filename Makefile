@@ -40,9 +40,10 @@ $(MODEL): $(VENV)/.installed $(TRAIN_INPUTS)
 
 train: $(MODEL)
 
+# Migrations, then demo data; the seed is idempotent and adds whatever the next 14 days lack.
 db: $(VENV)/.installed
 	$(PY) -m bot.db upgrade
-	$(PY) -m bot.seed   # idempotent: adds whatever the next 14 days lack
+	$(PY) -m bot.seed
 
 setup: venv train db
 

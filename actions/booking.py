@@ -121,7 +121,26 @@ def _department_and_doctor(session: Session, text: str, tracker: Tracker) -> Dic
 # ---------------------------------------------------------------------------------------------
 # booking form
 # ---------------------------------------------------------------------------------------------
-class ValidateBookingForm(PatientFormValidation):
+class _ChoosesASlot:
+    """Validators shared by the forms that pick a date and a free slot, then confirm (book, reschedule)."""
+
+    def validate_date_pref(
+        self, value: Any, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> Dict[str, Any]:
+        return _validate_date_pref(str(value), dispatcher, tracker)
+
+    async def validate_slot_choice(
+        self, value: Any, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> Dict[str, Any]:
+        return await _validate_slot_choice(str(value), dispatcher, tracker)
+
+    def validate_confirmed(
+        self, value: Any, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> Dict[str, Any]:
+        return _validate_confirmed_choice(dispatcher, tracker)
+
+
+class ValidateBookingForm(_ChoosesASlot, PatientFormValidation):
     def name(self) -> str:
         return "validate_booking_form"
 
@@ -180,21 +199,6 @@ class ValidateBookingForm(PatientFormValidation):
             return found
         dispatcher.utter_message(response="utter_unknown_department", name=text[:20])
         return {names.DEPARTMENT: None}
-
-    def validate_date_pref(
-        self, value: Any, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
-    ) -> Dict[str, Any]:
-        return _validate_date_pref(str(value), dispatcher, tracker)
-
-    async def validate_slot_choice(
-        self, value: Any, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
-    ) -> Dict[str, Any]:
-        return await _validate_slot_choice(str(value), dispatcher, tracker)
-
-    def validate_confirmed(
-        self, value: Any, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
-    ) -> Dict[str, Any]:
-        return _validate_confirmed_choice(dispatcher, tracker)
 
 
 def _validate_date_pref(text: str, dispatcher: CollectingDispatcher, tracker: Tracker) -> Dict[str, Any]:
@@ -494,24 +498,9 @@ class ValidateCancelForm(_ExistingAppointmentForm):
         return {names.CONFIRMED: answer}
 
 
-class ValidateRescheduleForm(_ExistingAppointmentForm):
+class ValidateRescheduleForm(_ChoosesASlot, _ExistingAppointmentForm):
     def name(self) -> str:
         return "validate_reschedule_form"
-
-    def validate_date_pref(
-        self, value: Any, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
-    ) -> Dict[str, Any]:
-        return _validate_date_pref(str(value), dispatcher, tracker)
-
-    async def validate_slot_choice(
-        self, value: Any, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
-    ) -> Dict[str, Any]:
-        return await _validate_slot_choice(str(value), dispatcher, tracker)
-
-    def validate_confirmed(
-        self, value: Any, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
-    ) -> Dict[str, Any]:
-        return _validate_confirmed_choice(dispatcher, tracker)
 
 
 class ValidateQueryForm(PatientFormValidation):
@@ -599,10 +588,7 @@ class RescheduleAppointment(Action):
                 return "duplicate", booking.appointment_view(session, exc.existing_appointment_id)
             return "moved", booking.appointment_view(session, new.id)
 
-        try:
-            outcome, view = await in_db(move)
-        except (SlotTaken, SlotInPast):
-            outcome, view = "taken", None
+        outcome, view = await in_db(move)
         if outcome == "taken":
             dispatcher.utter_message(response="utter_slot_taken")
             return [

@@ -7,7 +7,6 @@ import asyncio
 import logging
 import re
 from abc import abstractmethod
-from functools import partial
 from typing import Any, Callable, Dict, List, Optional, TypeVar
 
 from rasa_sdk import Tracker
@@ -255,7 +254,3 @@ def previous_action(tracker: Tracker, skip: str = "") -> Optional[str]:
 
 def reset_form_slots(tracker: Tracker) -> List[EventType]:
     return [SlotSet(slot, None) for slot in names.FORM_SLOTS if tracker.get_slot(slot) is not None]
-
-
-def run_sync(fn: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
-    return asyncio.get_running_loop().run_in_executor(None, partial(fn, *args, **kwargs))

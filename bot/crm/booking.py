@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, aliased, joinedload
 from bot import clock
 from bot.catalog import departments
 from bot.crm import audit
-from bot.crm.models import Appointment, AppointmentStatus, Doctor, Patient, ScheduleSlot
+from bot.crm.models import Appointment, AppointmentStatus, Doctor, ScheduleSlot
 from bot.errors import AppointmentNotFound, DuplicateBooking, SlotInPast, SlotTaken
 
 # A slot starting sooner than this cannot be booked online: the patient could not get there in time.
@@ -329,11 +329,6 @@ def count_booked(session: Session, slot_id: int) -> int:
         .select_from(Appointment)
         .where(Appointment.slot_id == slot_id, Appointment.status == AppointmentStatus.BOOKED)
     ).scalar_one()
-
-
-def patient_name(session: Session, patient_id: int) -> str:
-    patient = session.get(Patient, patient_id)
-    return patient.name if patient else ""
 
 
 def doctor_named_in(session: Session, text: str) -> Optional[Doctor]:
