@@ -208,3 +208,21 @@ def test_opt_out_is_recorded_for_the_channel(conversation, dialogue_db) -> None:
     with session_scope(dialogue_db) as session:
         consent = session.execute(select(Consent).where(Consent.external_id == conversation.sender_id)).scalar_one()
     assert consent.opted_in is False and consent.channel == "webchat"
+
+
+def test_slot_taken_by_someone_else_before_confirming_offers_other_times(conversation, dialogue_db) -> None:
+    from bot.crm import booking, patients
+
+    _register(conversation, "韩梅梅", "13711115555", opening="我想挂明天上午的骨科")
+    confirm = conversation.say_text("1")
+    assert "请确认" in confirm
+    chosen = conversation.tracker().get_slot("slot_choice")
+    with session_scope(dialogue_db) as session:  # another patient books that slot on another channel
+        other = patients.match_or_register(session, "李雷", "+8613711116666")[0]
+        booking.book_slot(session, patient_id=other.id, slot_id=int(chosen))
+    reply = conversation.say_text("确认")
+    assert "被别人约走" in reply and "可预约" in reply
+    assert "请确认" in conversation.say_text("1"), "\n".join(conversation.transcript)
+    conversation.say_text("确认")
+    (mine,) = [a for a in _appointments_of(dialogue_db, "韩梅梅") if a.status == AppointmentStatus.BOOKED]
+    assert mine.slot_id != int(chosen)
