@@ -1,4 +1,5 @@
-"""Conversation storage chosen by configuration: Rasa's SQL tracker store built from one URL.
+"""Conversation storage chosen by configuration: Rasa's SQL tracker store built from one URL, on the same
+engine settings as the CRM (bot.db.make_engine: pooled, WAL for SQLite; pre-ping for PostgreSQL).
 
 SQLite file under var/ by default; TRACKER_DATABASE_URL (or DATABASE_URL) switches to PostgreSQL.
 Rasa silently falls back to an in-memory store when a custom store cannot be imported, so a test
@@ -10,11 +11,13 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from rasa.core.brokers.broker import EventBroker
-from rasa.core.tracker_store import SQLTrackerStore
+from rasa.core.tracker_store import SQLTrackerStore, create_engine_kwargs
 from rasa.shared.core.domain import Domain
 from sqlalchemy.engine.url import make_url
+from sqlalchemy.orm import sessionmaker
 
 from bot.config import get_settings
+from bot.db import make_engine
 
 
 class ConfiguredSQLTrackerStore(SQLTrackerStore):
@@ -38,3 +41,8 @@ class ConfiguredSQLTrackerStore(SQLTrackerStore):
             event_broker=event_broker,
             query=dict(parsed.query) or None,
         )
+        # Rasa builds a plain engine (SQLite: a new connection per session, fsync per commit): replace it.
+        self.engine.dispose()
+        url = self.engine.url
+        self.engine = make_engine(url.render_as_string(hide_password=False), **create_engine_kwargs(url))
+        self.sessionmaker = sessionmaker(bind=self.engine)
