@@ -100,6 +100,11 @@ def _appointment_summary(view: AppointmentView) -> str:
     return f"{who}{formatting.visit_datetime(view.start)} {view.department_name} {view.doctor_name}（{view.place}）"
 
 
+def _numbered(views: List[AppointmentView]) -> str:
+    """'1. 王小明，2026年11月24日星期二 08:00 …' one line per appointment, for choosing by number."""
+    return "\n".join(f"{i + 1}. {_appointment_summary(view)}" for i, view in enumerate(views))
+
+
 def _department_and_doctor(session: Session, text: str, tracker: Tracker) -> Dict[str, Any]:
     """Department code and doctor id named in a message, via NLU entities and the hospital's names."""
     found: Dict[str, Any] = {}
@@ -514,7 +519,7 @@ class AskAppointmentChoice(Action):
 
     async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> List[EventType]:
         views = await _upcoming(tracker)
-        lines = "\n".join(f"{i + 1}. {_appointment_summary(view)}" for i, view in enumerate(views))
+        lines = _numbered(views)
         dispatcher.utter_message(
             response="utter_choose_appointment",
             lines=lines,
@@ -617,7 +622,7 @@ class ListAppointments(Action):
         if not views:
             dispatcher.utter_message(response="utter_no_upcoming_appointments")
         else:
-            lines = "\n".join(f"{i + 1}. {_appointment_summary(view)}" for i, view in enumerate(views))
+            lines = _numbered(views)
             dispatcher.utter_message(response="utter_appointments_list", lines=lines)
         return reset_form_slots(tracker)
 
