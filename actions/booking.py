@@ -43,11 +43,11 @@ NO_APPOINTMENT = "none"
 # ---------------------------------------------------------------------------------------------
 # reading the patient's words
 # ---------------------------------------------------------------------------------------------
-def _date_pref_from(text: str, tracker: Tracker) -> Tuple[Optional[str], Optional[str]]:
-    """(date_pref value, response name of the problem). date_pref is 'start|end' or EARLIEST."""
+def _date_pref_from(text: str, span: Optional[timeparse.TimeSpan]) -> Tuple[Optional[str], Optional[str]]:
+    """(date_pref value, response name of the problem) for a message and the time span it names.
+    date_pref is 'start|end' or EARLIEST."""
     if timeparse.wants_earliest(text):
         return names.EARLIEST, None
-    span = _time_span(text, tracker)
     if span is None:
         return None, "utter_date_not_understood"
     if span.is_past:
@@ -132,7 +132,7 @@ class _ChoosesASlot:
     def validate_date_pref(
         self, value: Any, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
     ) -> Dict[str, Any]:
-        return _validate_date_pref(str(value), dispatcher, tracker)
+        return _validate_date_pref(str(value), _time_span(str(value), tracker), dispatcher)
 
     async def validate_slot_choice(
         self, value: Any, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
@@ -155,10 +155,9 @@ class ValidateBookingForm(_ChoosesASlot, PatientFormValidation):
         relation = lexicon.find_relation(text)
         if relation:
             slots[names.RELATION] = relation
-        if timeparse.wants_earliest(text) or _time_span(text, tracker) is not None:
-            date_pref, _ = _date_pref_from(text, tracker)
-            if date_pref:
-                slots[names.DATE_PREF] = date_pref
+        date_pref, _ = _date_pref_from(text, _time_span(text, tracker))
+        if date_pref:
+            slots[names.DATE_PREF] = date_pref
         return slots
 
     def adjust_required_slots(self, slots: List[str], tracker: Tracker) -> List[str]:
@@ -197,17 +196,18 @@ class ValidateBookingForm(_ChoosesASlot, PatientFormValidation):
         found = await in_db(lambda session: _department_and_doctor(session, text, tracker))
         if names.DEPARTMENT in found:
             found.setdefault(names.DOCTOR_ID, None)
-            if names.DATE_PREF not in found and (timeparse.wants_earliest(text) or _time_span(text, tracker)):
-                date_pref, _ = _date_pref_from(text, tracker)
-                if date_pref:
-                    found[names.DATE_PREF] = date_pref
+            date_pref, _ = _date_pref_from(text, _time_span(text, tracker))
+            if date_pref:
+                found[names.DATE_PREF] = date_pref
             return found
         dispatcher.utter_message(response="utter_unknown_department", name=text[:20])
         return {names.DEPARTMENT: None}
 
 
-def _validate_date_pref(text: str, dispatcher: CollectingDispatcher, tracker: Tracker) -> Dict[str, Any]:
-    date_pref, problem = _date_pref_from(text, tracker)
+def _validate_date_pref(
+    text: str, span: Optional[timeparse.TimeSpan], dispatcher: CollectingDispatcher
+) -> Dict[str, Any]:
+    date_pref, problem = _date_pref_from(text, span)
     if problem == "utter_date_too_far":
         last_day = clock.local_now().date() + timedelta(days=BOOKING_HORIZON_DAYS)
         dispatcher.utter_message(response=problem, days=BOOKING_HORIZON_DAYS, last_day=formatting.short_date(last_day))
@@ -223,11 +223,12 @@ async def _validate_slot_choice(text: str, dispatcher: CollectingDispatcher, tra
         return {names.SLOT_CHOICE: offered[index]}
     if lexicon.asks_other_date(text):
         return {names.SLOT_CHOICE: None, names.DATE_PREF: None}
-    if timeparse.wants_earliest(text) or _time_span(text, tracker) is not None:
-        chosen = await _offer_at_named_time(text, offered, tracker)
+    span = _time_span(text, tracker)
+    if timeparse.wants_earliest(text) or span is not None:
+        chosen = await _offer_at_named_time(span, offered)
         if chosen is not None:
             return {names.SLOT_CHOICE: chosen}
-        result = _validate_date_pref(text, dispatcher, tracker)
+        result = _validate_date_pref(text, span, dispatcher)
         if result[names.DATE_PREF]:
             return {names.SLOT_CHOICE: None, names.DATE_PREF: result[names.DATE_PREF]}
         return {names.SLOT_CHOICE: None}
@@ -238,9 +239,8 @@ async def _validate_slot_choice(text: str, dispatcher: CollectingDispatcher, tra
     return {names.SLOT_CHOICE: None}
 
 
-async def _offer_at_named_time(text: str, offered: List[int], tracker: Tracker) -> Optional[int]:
+async def _offer_at_named_time(span: Optional[timeparse.TimeSpan], offered: List[int]) -> Optional[int]:
     """'9点半那个' picks the offered slot starting at that time."""
-    span = _time_span(text, tracker)
     if span is None or span.is_whole_day or not offered:
         return None
 

@@ -175,7 +175,7 @@ class PatientFormValidation(FormValidationAction):
     async def required_slots(
         self, domain_slots: List[str], dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
     ) -> List[str]:
-        form_slots = list(domain["forms"][self.form_name()]["required_slots"])
+        form_slots = list(domain_slots)  # this form's slots (see domain_slots below)
         if tracker.get_slot(names.PATIENT_ID):
             form_slots = [slot for slot in form_slots if slot not in names.IDENTITY_SLOTS]
         return self.adjust_required_slots(form_slots, tracker)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Iterable, List, Optional, Sequence
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, func, literal, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, joinedload
 
@@ -335,10 +335,10 @@ def doctor_named_in(session: Session, text: str) -> Optional[Doctor]:
     """The doctor whose full name appears in the text (王建国医生, 约李秀英), or None."""
     if not text:
         return None
-    for doctor in session.execute(select(Doctor)).scalars():
-        if doctor.name in text:
-            return doctor
-    return None
+    # One query on the hot path: the text LIKE '%' || name || '%', longest name first.
+    return session.execute(
+        select(Doctor).where(literal(text).contains(Doctor.name)).order_by(func.length(Doctor.name).desc()).limit(1)
+    ).scalar_one_or_none()
 
 
 def appointment_view(session: Session, appointment_id: int, tz_name: Optional[str] = None) -> Optional[AppointmentView]:

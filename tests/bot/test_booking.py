@@ -231,3 +231,12 @@ def test_many_concurrent_bookings_race_for_the_last_slot_and_exactly_one_wins(po
     assert outcomes.count("taken") == len(racers) - 1
     with session_scope(url) as session:
         assert booking.count_booked(session, slot.slot_id) == 1
+
+
+def test_a_doctor_named_anywhere_in_a_message_is_found(crm_url: str) -> None:
+    with session_scope(crm_url) as session:
+        found = {
+            text: getattr(booking.doctor_named_in(session, text), "name", None)
+            for text in ("我想约王建国医生明天的号", "宋文博主任", "挂个号", "")
+        }
+    assert found == {"我想约王建国医生明天的号": "王建国", "宋文博主任": "宋文博", "挂个号": None, "": None}
