@@ -54,6 +54,17 @@ class EscalationStatus(str, enum.Enum):
     RESOLVED = "resolved"
 
 
+def _status_type(enum_class: type, name: str) -> Enum:
+    """A status column's type: the enum's string values in a VARCHAR(16), portable to SQLite."""
+    return Enum(
+        enum_class,
+        name=name,
+        native_enum=False,
+        length=16,
+        values_callable=lambda members: [member.value for member in members],
+    )
+
+
 class Patient(Base):
     """A person the hospital treats. Identified by name and mobile; a family may share one mobile."""
 
@@ -152,13 +163,7 @@ class Appointment(Base):
     booked_by_patient_id = Column(Integer, ForeignKey("patients.id", ondelete="SET NULL"), nullable=True)
     slot_id = Column(Integer, ForeignKey("schedule_slots.id"), nullable=False)
     status = Column(
-        Enum(
-            AppointmentStatus,
-            name="appointment_status",
-            native_enum=False,
-            length=16,
-            values_callable=lambda e: [m.value for m in e],
-        ),
+        _status_type(AppointmentStatus, "appointment_status"),
         nullable=False,
         default=AppointmentStatus.BOOKED,
     )
@@ -186,13 +191,7 @@ class Escalation(Base):
     priority = Column(Integer, nullable=False, default=3)
     summary = Column(Text, nullable=False, default="")
     status = Column(
-        Enum(
-            EscalationStatus,
-            name="escalation_status",
-            native_enum=False,
-            length=16,
-            values_callable=lambda e: [m.value for m in e],
-        ),
+        _status_type(EscalationStatus, "escalation_status"),
         nullable=False,
         default=EscalationStatus.OPEN,
     )
