@@ -273,20 +273,10 @@ def bench_ours(
         work / "rasa.log",
     )
     processes.append(rasa)
-    base_url = f"http://127.0.0.1:{rasa_port}"
-    print(f"our stack: loading the model ({MODEL.name}) at {base_url}", flush=True)
-    load_s = wait_for_rasa(rasa, base_url, args.startup_timeout)
-    print(f"  ready after {load_s:.1f} s", flush=True)
-    try:
-        record = measure(
-            base_url, args.message, "ours", args.warmup, args.turns, args.concurrency, args.request_timeout
-        )
-    finally:
-        for process in (rasa, actions):
-            process.stop()
-    record["startup_s"] = load_s
+    record = _load_and_measure(
+        rasa, [actions], rasa_port, f"our stack: loading the model ({MODEL.name})", args.message, "ours", args
+    )
     record["action_server_tracebacks"] = actions.count_in_log("Traceback")
-    record["rasa_server_tracebacks"] = rasa.count_in_log("Traceback")
     return record
 
 
@@ -339,18 +329,31 @@ def bench_baseline(work: Path, port: int, args: argparse.Namespace, processes: L
         work / "rasa_init_server.log",
     )
     processes.append(rasa)
+    record = _load_and_measure(rasa, [], port, f"baseline: loading {model.name}", args.baseline_message, "init", args)
+    record["model"] = str(model.relative_to(PROJECT_ROOT))
+    return record
+
+
+def _load_and_measure(
+    rasa: Process,
+    helpers: List[Process],
+    port: int,
+    announce: str,
+    message: str,
+    label: str,
+    args: argparse.Namespace,
+) -> Dict[str, Any]:
+    """Wait for the model to load, measure every concurrency, then stop the servers."""
     base_url = f"http://127.0.0.1:{port}"
-    print(f"baseline: loading {model.name} at {base_url}", flush=True)
+    print(f"{announce} at {base_url}", flush=True)
     load_s = wait_for_rasa(rasa, base_url, args.startup_timeout)
     print(f"  ready after {load_s:.1f} s", flush=True)
     try:
-        record = measure(
-            base_url, args.baseline_message, "init", args.warmup, args.turns, args.concurrency, args.request_timeout
-        )
+        record = measure(base_url, message, label, args.warmup, args.turns, args.concurrency, args.request_timeout)
     finally:
-        rasa.stop()
+        for process in (rasa, *helpers):
+            process.stop()
     record["startup_s"] = load_s
-    record["model"] = str(model.relative_to(PROJECT_ROOT))
     record["rasa_server_tracebacks"] = rasa.count_in_log("Traceback")
     return record
 
