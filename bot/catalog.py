@@ -64,10 +64,10 @@ def find_department(text: Optional[str]) -> Optional[str]:
     for alias, code in _alias_index():
         if alias.lower() == lowered:
             return code
-    for alias, code in _alias_index():
-        if len(alias) >= 2 and alias.lower() in lowered:
-            return code
-    return None
+    from bot.mentions import departments_in  # inside a sentence, typos included (that module imports this one)
+
+    mentions = departments_in(text)
+    return mentions[0].code if mentions else None
 
 
 @lru_cache(maxsize=1)

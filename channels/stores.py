@@ -8,13 +8,17 @@ imports this class by its endpoints.yml path.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import itertools
+from typing import Any, Iterator, Optional
 
 from rasa.core.brokers.broker import EventBroker
 from rasa.core.tracker_store import SQLTrackerStore, create_engine_kwargs
+from rasa.shared.core.constants import ACTION_LISTEN_NAME
 from rasa.shared.core.domain import Domain
+from rasa.shared.core.events import ActionExecuted, Event
+from rasa.shared.core.trackers import DialogueStateTracker
 from sqlalchemy.engine.url import make_url
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from bot.config import get_settings
 from bot.db import make_engine
@@ -46,3 +50,36 @@ class ConfiguredSQLTrackerStore(SQLTrackerStore):
         url = self.engine.url
         self.engine = make_engine(url.render_as_string(hide_password=False), **create_engine_kwargs(url))
         self.sessionmaker = sessionmaker(bind=self.engine)
+
+    # Rasa's save() counts the stored events of the session with a query on every save, and create_tracker()
+    # writes a new conversation before its first turn, then the turn writes it again: a third of a turn's
+    # tracker-store time. A tracker this store loaded or created remembers how many of its events are stored
+    # (the lock store serialises a conversation's turns, so nobody else appends meanwhile); any other tracker
+    # falls back to Rasa's count.
+
+    async def _retrieve(self, sender_id: str, fetch_events_from_all_sessions: bool) -> Optional[DialogueStateTracker]:
+        tracker = await super()._retrieve(sender_id, fetch_events_from_all_sessions)
+        if tracker is not None and not fetch_events_from_all_sessions:
+            _mark_stored(tracker, len(tracker.events))
+        return tracker
+
+    async def create_tracker(self, sender_id: str, append_action_listen: bool = True) -> DialogueStateTracker:
+        tracker = self.init_tracker(sender_id)
+        if append_action_listen:
+            tracker.update(ActionExecuted(ACTION_LISTEN_NAME))
+        _mark_stored(tracker, 0)  # stored with the turn that follows, in one transaction
+        return tracker
+
+    def _additional_events(self, session: Session, tracker: DialogueStateTracker) -> Iterator[Event]:
+        stored = tracker.__dict__.get(_STORED_EVENTS)
+        if stored is None or tracker.events.maxlen is not None:
+            return super()._additional_events(session, tracker)
+        _mark_stored(tracker, len(tracker.events))
+        return itertools.islice(tracker.events, stored, None)
+
+
+_STORED_EVENTS = "_hospital_stored_events"
+
+
+def _mark_stored(tracker: DialogueStateTracker, count: int) -> None:
+    tracker.__dict__[_STORED_EVENTS] = count
