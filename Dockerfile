@@ -26,6 +26,7 @@ RUN pip install --upgrade "pip>=23,<25" \
 COPY --chown=hospital:hospital . .
 RUN pip install -c constraints.txt --no-deps -e . \
     && rasa train --data data/nlu data/dialogue --fixed-model-name current --out models \
+    && python -m bot.triage.departments \
     && rm -rf .rasa \
     && mkdir -p var && chown -R hospital:hospital /app
 

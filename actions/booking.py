@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from actions import names
 from actions.common import (
     PatientFormValidation,
+    bot_action_before_message,
     channel_of,
     in_db,
     latest_entity,
@@ -153,6 +154,12 @@ class ValidateBookingForm(_ChoosesASlot, PatientFormValidation):
         text = latest_text(tracker)
         slots: Dict[str, Any] = await in_db(lambda session: _department_and_doctor(session, text, tracker))
         relation = lexicon.find_relation(text)
+        if bot_action_before_message(tracker) in names.TRIAGE_ACTIONS:  # 好 to "需要帮您预约心内科吗？"
+            if names.DEPARTMENT not in slots and tracker.get_slot(names.TRIAGE_DEPARTMENT):
+                slots[names.DEPARTMENT] = tracker.get_slot(names.TRIAGE_DEPARTMENT)
+            relation = relation or tracker.get_slot(names.TRIAGE_RELATION)
+        if tracker.get_slot(names.TRIAGE_DEPARTMENT):
+            slots[names.TRIAGE_DEPARTMENT] = None
         if relation:
             slots[names.RELATION] = relation
         date_pref, _ = _date_pref_from(text, _time_span(text, tracker))

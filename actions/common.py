@@ -141,8 +141,10 @@ class PatientFormValidation(FormValidationAction):
         return lexicon.means_stop(latest_text(tracker))
 
     def is_digression(self, tracker: Tracker) -> bool:
-        """A confident question or request that is not an answer to what the form asked."""
+        """A confident question or request that is not an answer to what the form asked; an emergency always."""
         intent = tracker.latest_message.get("intent") or {}
+        if intent.get("name") == names.EMERGENCY:
+            return True
         if (intent.get("confidence") or 0.0) < names.DIGRESSION_CONFIDENCE:
             return False
         name = intent.get("name")
@@ -248,6 +250,19 @@ def previous_action(tracker: Tracker, skip: str = "") -> Optional[str]:
         if event.get("event") == "user":
             return None
         if event.get("event") == "action" and event.get("name") not in (skip, "action_listen"):
+            return event.get("name")
+    return None
+
+
+def bot_action_before_message(tracker: Tracker) -> Optional[str]:
+    """The last action (other than listening) before the patient's latest message: what they answer."""
+    seen_user = False
+    for event in reversed(tracker.events):
+        if event.get("event") == "user":
+            if seen_user:
+                return None
+            seen_user = True
+        elif seen_user and event.get("event") == "action" and event.get("name") != "action_listen":
             return event.get("name")
     return None
 

@@ -38,9 +38,10 @@ def conversation_summary(tracker: Tracker, turns: int = 6) -> str:
     return " / ".join(text for text in texts if text)
 
 
-async def _escalate(tracker: Tracker, reason: str) -> int:
+async def escalate(tracker: Tracker, reason: str, detail: str = "") -> int:
+    """Open an escalation for this conversation: why, how urgent (by reason) and what the patient said."""
     patient_id: Optional[int] = tracker.get_slot(names.PATIENT_ID)
-    summary = conversation_summary(tracker)
+    summary = (f"[{detail}] " if detail else "") + conversation_summary(tracker)
     channel = channel_of(tracker)
     escalation = await in_db(
         lambda session: escalations.open_escalation(
@@ -56,7 +57,7 @@ async def _escalate(tracker: Tracker, reason: str) -> int:
     return escalation.id
 
 
-def _leave_form(tracker: Tracker) -> List[EventType]:
+def leave_form(tracker: Tracker) -> List[EventType]:
     if not tracker.active_loop.get("name"):
         return []
     return [ActiveLoop(None), SlotSet(names.REQUESTED_SLOT, None), *reset_form_slots(tracker)]
@@ -70,7 +71,7 @@ class HandleFallback(Action):
 
     async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> List[EventType]:
         if consecutive_fallbacks(tracker) >= FALLBACKS_BEFORE_HUMAN:
-            await _escalate(tracker, "repeated_fallback")
+            await escalate(tracker, "repeated_fallback")
             dispatcher.utter_message(response="utter_offer_human_after_fallback")
         else:
             dispatcher.utter_message(response="utter_ask_rephrase")
@@ -82,9 +83,9 @@ class RequestHuman(Action):
         return "action_request_human"
 
     async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> List[EventType]:
-        await _escalate(tracker, "request_human")
+        await escalate(tracker, "request_human")
         dispatcher.utter_message(response="utter_human_requested")
-        return _leave_form(tracker)
+        return leave_form(tracker)
 
 
 class Complaint(Action):
@@ -92,9 +93,9 @@ class Complaint(Action):
         return "action_complaint"
 
     async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> List[EventType]:
-        await _escalate(tracker, "complaint")
+        await escalate(tracker, "complaint")
         dispatcher.utter_message(response="utter_complaint_recorded")
-        return _leave_form(tracker)
+        return leave_form(tracker)
 
 
 class OptOut(Action):
@@ -114,4 +115,4 @@ class OptOut(Action):
             )
         )
         dispatcher.utter_message(response="utter_opted_out")
-        return _leave_form(tracker)
+        return leave_form(tracker)

@@ -5,6 +5,7 @@ AFFIRM = "affirm"
 DENY = "deny"
 STOP = "stop"
 NLU_FALLBACK = "nlu_fallback"
+EMERGENCY = "emergency"  # set by nlu.components.RedFlagDetector, never learned
 
 # slots
 PATIENT_ID = "patient_id"
@@ -22,6 +23,16 @@ APPOINTMENT_CHOICE = "appointment_choice"
 OFFERED_APPOINTMENTS = "offered_appointments"
 CONFIRMED = "confirmed"
 REQUESTED_SLOT = "requested_slot"
+# triage: the department it recommended (booking starts from it), its clarifying options, what was described
+TRIAGE_DEPARTMENT = "triage_department"
+TRIAGE_RELATION = "triage_relation"
+TRIAGE_OPTIONS = "triage_options"
+TRIAGE_TEXT = "triage_text"
+# surveys: the response being answered (CRM id), the requested slot, whether a survey is ready to run
+SURVEY_ID = "survey_id"
+SURVEY_ANSWER = "survey_answer"
+SURVEY_READY = "survey_ready"
+TRIAGE_ACTIONS = {"action_triage", "action_triage_choose"}
 
 IDENTITY_SLOTS = [ID_NAME, ID_PHONE]
 FAMILY_SLOTS = [FAMILY_NAME, FAMILY_PHONE]
@@ -31,6 +42,7 @@ BOOKING_FORM = "booking_form"
 CANCEL_FORM = "cancel_form"
 RESCHEDULE_FORM = "reschedule_form"
 QUERY_FORM = "query_form"
+SURVEY_FORM = "survey_form"
 
 # Every slot a form fills; cleared when a form starts or stops so that nothing leaks between flows.
 FORM_SLOTS = [

@@ -129,7 +129,7 @@ def own_cross_validation(folds: int = 5) -> Dict[str, float]:
 
     knowledge = dep.Knowledge(dep.load_knowledge())
     routing = dep._load(dep.ROUTING_FILE)
-    examples = dep._load(dep.EXAMPLES_FILE).get("examples") or []
+    examples = dep.load_examples()
     order = list(range(len(examples)))
     random.Random(7).shuffle(order)
     hits1 = hits3 = 0
@@ -194,7 +194,7 @@ def run(eval_file: Path = EVAL_FILE, red_flag_file: Path = RED_FLAG_FILE, show: 
     own = own_cross_validation()
     record["own_cross_validation"] = own
     print(
-        f"\nRanker on held-out folds of data/triage/examples.yml ({own['n']}): "
+        f"\nRanker on held-out folds of data/triage/examples*.yml ({own['n']}): "
         f"top-1 {own['top1']:.3f}, top-3 {own['top3']:.3f}"
     )
 

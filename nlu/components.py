@@ -8,6 +8,7 @@
 - CatalogEntityExtractor: `department` and `doctor` entities from the hospital's own lists, homophone typos
   included (bot.mentions); replaces a learned extractor for these closed sets.
 - ChineseTimeExtractor: adds a `time` entity per time expression, resolved to local ISO datetimes.
+- RedFlagDetector: red flags on every message (bot.triage): an emergency becomes the `emergency` intent.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from rasa.nlu.featurizers.sparse_featurizer.sparse_featurizer import SparseFeatu
 from rasa.nlu.tokenizers.jieba_tokenizer import JiebaTokenizer
 from rasa.nlu.tokenizers.tokenizer import Token
 from rasa.shared.exceptions import InvalidConfigException
-from rasa.shared.nlu.constants import ENTITIES, TEXT
+from rasa.shared.nlu.constants import ENTITIES, INTENT, INTENT_RANKING_KEY, TEXT
 from rasa.shared.nlu.training_data.message import Message
 from rasa.shared.nlu.training_data.training_data import TrainingData
 from sklearn.feature_extraction.text import TfidfTransformer
@@ -292,3 +293,47 @@ class TfidfLogisticRegressionClassifier(LogisticRegressionClassifier):
                 raise
             # nothing was trained (no intent examples): an untrained classifier, as Rasa's own
         return component
+
+
+@DefaultV1Recipe.register(DefaultV1Recipe.ComponentType.INTENT_CLASSIFIER, is_trainable=False)
+class RedFlagDetector(GraphComponent):
+    """Red flags on every inbound message, whatever the classifier thought (bot.triage.urgency).
+
+    Level 1-2 (an emergency, a crisis, a dangerous reading) makes the intent `emergency` with confidence 1.0,
+    ahead of everything else, so that the emergency rule answers even in the middle of a form. The assessment
+    itself goes to the output as `triage` ({level, red_flag, crisis, reasons}). Runs after FallbackClassifier:
+    an emergency written in words the classifier never saw is still an emergency.
+    """
+
+    INTENT = "emergency"
+
+    @staticmethod
+    def get_default_config() -> Dict[str, Any]:
+        return {}
+
+    @classmethod
+    def create(
+        cls,
+        config: Dict[str, Any],
+        model_storage: ModelStorage,
+        resource: Resource,
+        execution_context: ExecutionContext,
+    ) -> RedFlagDetector:
+        return cls()
+
+    def process(self, messages: List[Message]) -> List[Message]:
+        from bot.triage import assessment_summary
+
+        for message in messages:
+            text = message.get(TEXT)
+            if not text:
+                continue
+            summary = assessment_summary(text)
+            message.set("triage", summary, add_to_output=True)
+            if summary["red_flag"]:
+                emergency = {"name": self.INTENT, "confidence": 1.0}
+                others = [r for r in message.get(INTENT_RANKING_KEY) or [] if r.get("name") != self.INTENT]
+                ranking = [emergency, *others]
+                message.set(INTENT, emergency, add_to_output=True)
+                message.set(INTENT_RANKING_KEY, ranking, add_to_output=True)
+        return messages

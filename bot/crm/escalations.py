@@ -9,8 +9,18 @@ from sqlalchemy.orm import Session
 from bot.crm import audit
 from bot.crm.models import Escalation
 
-# 1 = most urgent. Red flags (triage) use 1; a patient asking for a person 2; everything else 3.
-PRIORITY = {"red_flag": 1, "request_human": 2, "complaint": 3, "repeated_fallback": 3}
+# 1 = most urgent. Red flags, crises and a questionnaire's self-harm item 1; a patient asking for a person and a
+# positive screening 2; everything else 3.
+PRIORITY = {
+    "red_flag": 1,
+    "crisis": 1,
+    "survey_safety": 1,
+    "request_human": 2,
+    "survey_positive": 2,
+    "complaint": 3,
+    "repeated_fallback": 3,
+    "survey_detractor": 3,
+}
 
 
 def open_escalation(

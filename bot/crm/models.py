@@ -54,6 +54,13 @@ class EscalationStatus(str, enum.Enum):
     RESOLVED = "resolved"
 
 
+class SurveyStatus(str, enum.Enum):
+    IN_PROGRESS = "in_progress"
+    PAUSED = "paused"  # the patient will go on later (暂停); the next trigger or 继续问卷 resumes it
+    COMPLETED = "completed"
+    REFUSED = "refused"  # the patient declined to go on (不做了)
+
+
 def _status_type(enum_class: type, name: str) -> Enum:
     """A status column's type: the enum's string values in a VARCHAR(16), portable to SQLite."""
     return Enum(
@@ -227,3 +234,59 @@ class AuditEntry(Base):
     entity_id = Column(String(64), nullable=False)
     patient_id = Column(Integer, nullable=True, index=True)
     detail = Column(JSON, nullable=True)
+
+
+class SurveyResponse(Base):
+    """One run of a questionnaire (PHQ-9, GAD-7, satisfaction) by one patient; answers are stored item by item."""
+
+    __tablename__ = "survey_responses"
+    __table_args__ = (Index("ix_survey_responses_sender_status", "sender_id", "status"),)
+
+    id = Column(Integer, primary_key=True)
+    patient_id = Column(Integer, ForeignKey("patients.id", ondelete="CASCADE"), nullable=True, index=True)
+    sender_id = Column(String(128), nullable=False)  # the conversation it runs in
+    channel = Column(String(16), nullable=True)
+    instrument = Column(String(32), nullable=False)  # data/surveys/instruments.yml
+    status = Column(_status_type(SurveyStatus, "survey_status"), nullable=False, default=SurveyStatus.IN_PROGRESS)
+    trigger = Column(String(32), nullable=False, default="patient")  # patient, scheduler, console
+    appointment_id = Column(Integer, ForeignKey("appointments.id", ondelete="SET NULL"), nullable=True)
+    total_score = Column(Integer, nullable=True)
+    band = Column(String(32), nullable=True)  # minimal, mild, moderate... (scored instruments)
+    started_at = Column(DateTime, nullable=False, default=utcnow)
+    updated_at = Column(DateTime, nullable=False, default=utcnow, onupdate=utcnow)
+    completed_at = Column(DateTime, nullable=True)
+
+    answers = relationship(
+        "SurveyAnswer", back_populates="response", cascade="all, delete-orphan", order_by="SurveyAnswer.id"
+    )
+
+
+class SurveyAnswer(Base):
+    """A patient's answer to one item; a skipped item is stored as skipped. Answering again replaces it."""
+
+    __tablename__ = "survey_answers"
+    __table_args__ = (UniqueConstraint("response_id", "item", name="uq_survey_answers_item"),)
+
+    id = Column(Integer, primary_key=True)
+    response_id = Column(Integer, ForeignKey("survey_responses.id", ondelete="CASCADE"), nullable=False, index=True)
+    item = Column(String(32), nullable=False)
+    value = Column(Integer, nullable=True)  # the score (0-3, 1-5, 0-10)
+    text = Column(Text, nullable=True)  # free text (comment)
+    skipped = Column(Boolean, nullable=False, default=False)
+    answered_at = Column(DateTime, nullable=False, default=utcnow)
+
+    response = relationship("SurveyResponse", back_populates="answers")
+
+
+class TriageRecord(Base):
+    """The outcome of one triage: urgency and departments, for follow-up and the dashboard. No message text."""
+
+    __tablename__ = "triage_records"
+
+    id = Column(Integer, primary_key=True)
+    patient_id = Column(Integer, ForeignKey("patients.id", ondelete="SET NULL"), nullable=True, index=True)
+    sender_id = Column(String(128), nullable=False)
+    level = Column(Integer, nullable=False)
+    categories = Column(JSON, nullable=False, default=list)  # red-flag categories and reading kinds
+    departments = Column(JSON, nullable=False, default=list)  # [{"code", "score"}]
+    created_at = Column(DateTime, nullable=False, default=utcnow, index=True)

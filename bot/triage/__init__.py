@@ -70,6 +70,13 @@ def urgency(text: str) -> tuple:
     return (min(levels) if levels else 4), findings, reading_findings
 
 
+def assessment_summary(text: str) -> Dict[str, Any]:
+    """What the NLU pipeline attaches to every message: urgency only, no department ranking (cheap)."""
+    level, findings, reading_findings = urgency(text)
+    partial = Assessment(text, level, findings, reading_findings, [], False, None)
+    return {"level": level, "red_flag": partial.red_flag, "crisis": partial.crisis, "reasons": partial.reasons}
+
+
 def assess(text: str, age: Optional[float] = None, sex: Optional[str] = None) -> Assessment:
     level, findings, reading_findings = urgency(text)
     recommendation = ranker().rank(text, age=age, sex=sex)

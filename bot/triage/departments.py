@@ -4,8 +4,9 @@ Two sources, combined:
 - knowledge (data/triage/knowledge/<department>.yml): terms patients write (symptoms, body parts, diseases,
   tests, drugs) with a weight per department; matched leftmost-longest, so 乙肝表面抗原 counts once, not also as 乙肝;
 - a learned model (character n-grams + logistic regression) trained on the project's own labelled messages
-  (data/triage/examples.yml) and on the knowledge terms themselves. It generalises to words the knowledge
-  does not list. Trained on first use and cached under var/cache/ while the data files are unchanged.
+  (data/triage/examples*.yml) and on the knowledge terms themselves. It generalises to words the knowledge
+  does not list. Trained by `make train` (python -m bot.triage.departments) into models/triage/, named by a
+  digest of the data files: a process that finds no model for the current data trains one (~30 s) and keeps it.
 Then age and sex (data/triage/routing.yml): a child goes to pediatrics, a pregnancy to obstetrics, no gynecology
 for a man. Never trained on ../shared/eval.
 """
@@ -14,8 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import pickle
 import re
+import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -24,15 +27,15 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import yaml
 
-from bot.config import DATA_DIR, VAR_DIR
+from bot.config import DATA_DIR, PROJECT_ROOT
 
 logger = logging.getLogger(__name__)
 
 TRIAGE_DATA = DATA_DIR / "triage"
 KNOWLEDGE_DIR = TRIAGE_DATA / "knowledge"
-EXAMPLES_FILE = TRIAGE_DATA / "examples.yml"
+EXAMPLES_FILE = TRIAGE_DATA / "examples.yml"  # and every other examples*.yml (examples_consult.yml...)
 ROUTING_FILE = TRIAGE_DATA / "routing.yml"
-CACHE_DIR = VAR_DIR / "cache"
+CACHE_DIR = PROJECT_ROOT / "models" / "triage"  # built by `make train`, like the Rasa model
 MODEL_VERSION = "2"  # bump when the model's code changes
 # Share of the knowledge score when any term matched. Held-out folds of data/triage/examples.yml (3 folds) gave
 # top-1 0.885 (model alone), 0.887 (0.3), 0.886 (0.5), 0.883 (0.7), 0.865 (knowledge alone).
@@ -236,18 +239,37 @@ def _digest(paths: Iterable[Path]) -> str:
     return digest.hexdigest()[:16]
 
 
+def example_files(directory: Path = TRIAGE_DATA) -> List[Path]:
+    return sorted(directory.glob("examples*.yml"))
+
+
+def load_examples(files: Optional[Sequence[Path]] = None) -> List[dict]:
+    examples: List[dict] = []
+    for path in example_files() if files is None else files:
+        examples.extend(_load(path).get("examples") or [])
+    return examples
+
+
+def model_path(
+    knowledge_dir: Path = KNOWLEDGE_DIR, examples_dir: Path = TRIAGE_DATA, cache_dir: Path = CACHE_DIR
+) -> Path:
+    """Where the model for the current data files lives."""
+    return cache_dir / f"triage-{_digest([*knowledge_files(knowledge_dir), *example_files(examples_dir)])}.pkl"
+
+
 def build(
     knowledge_dir: Path = KNOWLEDGE_DIR,
-    examples_file: Path = EXAMPLES_FILE,
+    examples_dir: Path = TRIAGE_DATA,
     routing_file: Path = ROUTING_FILE,
     cache_dir: Optional[Path] = CACHE_DIR,
 ) -> DepartmentRanker:
     """The ranker over the data files, its model trained once and cached while the files are unchanged."""
     knowledge = Knowledge(load_knowledge(knowledge_dir))
     routing = _load(routing_file)
-    examples = (_load(examples_file).get("examples") or []) if examples_file.exists() else []
+    files = example_files(examples_dir)
+    examples = load_examples(files)
     model = None
-    cache = cache_dir / f"triage-{_digest([*knowledge_files(knowledge_dir), examples_file])}.pkl" if cache_dir else None
+    cache = model_path(knowledge_dir, examples_dir, cache_dir) if cache_dir else None
     if cache is not None and cache.exists():
         try:
             with open(cache, "rb") as handle:
@@ -260,13 +282,45 @@ def build(
             model = train_model(texts, labels)
             if cache is not None:
                 cache.parent.mkdir(parents=True, exist_ok=True)
-                temporary = cache.with_suffix(".tmp")
+                temporary = cache.with_suffix(f".{os.getpid()}.tmp")  # processes may build at the same time
                 with open(temporary, "wb") as handle:
                     pickle.dump(model, handle)
                 temporary.replace(cache)
     return DepartmentRanker(knowledge, routing, model)
 
 
+_RANKER_LOCK = threading.Lock()
+
+
 @lru_cache(maxsize=1)
-def ranker() -> DepartmentRanker:
+def _built() -> DepartmentRanker:
     return build()
+
+
+def ranker() -> DepartmentRanker:
+    """The process's ranker, built once even when a warm-up thread and a request ask at the same time."""
+    with _RANKER_LOCK:
+        return _built()
+
+
+def warm_up_in_background() -> None:
+    """Load the model now, off the caller's thread: the first patient should not wait for it."""
+    threading.Thread(target=ranker, name="triage-warm-up", daemon=True).start()
+
+
+def main() -> int:
+    """Train the model for the current data files unless it exists; print where it is."""
+    import time
+
+    started = time.monotonic()
+    terms = len(build().knowledge.weights)
+    current = model_path()
+    for stale in CACHE_DIR.glob("triage-*.pkl"):  # models of earlier data: never loaded again
+        if stale != current:
+            stale.unlink()
+    print(f"triage model: {current.relative_to(PROJECT_ROOT)} ({terms} terms, {time.monotonic() - started:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -82,6 +82,19 @@ class Lexicon:
     subjects: Dict[str, str]
     negation_exceptions: Tuple[str, ...]  # contain a negation character but do not negate (不知道, 止不住)
     history_exceptions: Tuple[str, ...]  # contain a history cue but are not history (以前从来没这么疼过)
+    fiction: Tuple[str, ...] = ()  # a drama, a dream, a drill: never a patient's emergency...
+    fiction_real: Tuple[str, ...] = ()  # ...unless it turned real (醒来发现)
+    message_patterns: Tuple[_MessagePattern, ...] = ()
+
+
+@dataclass(frozen=True)
+class _MessagePattern:
+    """A pattern whose `context` may sit in another sentence of the message (化疗后…。今天发烧38.6)."""
+
+    category: str
+    pattern: _Pattern
+    context: Tuple[Tuple[Tuple[str, Optional[re.Pattern]], ...], ...]
+    unless: Tuple[Tuple[str, Optional[re.Pattern]], ...]
 
 
 def _alternative(raw: str) -> Tuple[str, Optional[re.Pattern]]:
@@ -127,7 +140,17 @@ def lexicon(path: Path = RED_FLAGS_FILE) -> Lexicon:
         subjects=dict(raw.get("subjects", {})),
         negation_exceptions=_longest_first(PSEUDO_NEGATIONS + tuple(raw.get("negation_exceptions") or ())),
         history_exceptions=_longest_first(tuple(raw.get("history_exceptions") or ())),
+        fiction=tuple(map(str, raw.get("fiction") or ())),
+        fiction_real=tuple(map(str, raw.get("fiction_real") or ())),
+        message_patterns=tuple(_message_pattern(item) for item in raw.get("message_patterns") or ()),
     )
+
+
+def _message_pattern(raw: dict) -> _MessagePattern:
+    pattern = _pattern({"all": raw["all"], "level": raw["level"]}, int(raw["level"]))
+    context = tuple(tuple(_alternative(alt) for alt in group) for group in raw.get("context") or ())
+    unless = tuple(_alternative(alt) for alt in raw.get("unless") or ())
+    return _MessagePattern(str(raw["category"]), pattern, context, unless)
 
 
 def _longest_first(words: Sequence[str]) -> Tuple[str, ...]:
@@ -194,6 +217,9 @@ def _history(lex: Lexicon, sentence: str, spans: List[Tuple[int, int]]) -> bool:
 
 
 def _informational(lex: Lexicon, sentence: str) -> bool:
+    """A question about a condition, or fiction (a drama, a dream, a drill) that did not turn real."""
+    if any(cue in sentence for cue in lex.fiction) and not any(cue in sentence for cue in lex.fiction_real):
+        return True
     return any(cue in sentence for cue in lex.informational) and not any(cue in sentence for cue in lex.present)
 
 
@@ -262,7 +288,6 @@ def detect(text: str, lex: Optional[Lexicon] = None) -> List[Finding]:
     text = normalise(text)
     resolved_at = [text.find(cue) for cue in lex.resolved if cue in text]
     best: Dict[str, Finding] = {}
-    rank = {"current": 0, "resolved": 1, "history": 1, "negated": 2, "informational": 3}
     for offset, sentence in sentences(text):
         informational = _informational(lex, sentence)
         for category in lex.categories:
@@ -270,10 +295,40 @@ def detect(text: str, lex: Optional[Lexicon] = None) -> List[Finding]:
                 if pattern.unless and _find(pattern.unless, sentence) is not None:
                     continue
                 for finding in _match(lex, category, pattern, sentence, offset, informational, resolved_at):
-                    known = best.get(category.id)
-                    if known is None or (rank[finding.status], finding.level) < (rank[known.status], known.level):
-                        best[category.id] = finding
-    return sorted(best.values(), key=lambda f: (rank[f.status], f.level))
+                    _keep(best, finding)
+    parts = sentences(text)
+    by_id = {category.id: category for category in lex.categories}
+    for item in lex.message_patterns:
+        category = by_id.get(item.category)
+        if category is None or (item.unless and _find(item.unless, text) is not None):
+            continue
+        if not all(_context_present(lex, group, parts) for group in item.context):
+            continue
+        for offset, sentence in parts:
+            informational = _informational(lex, sentence)
+            for finding in _match(lex, category, item.pattern, sentence, offset, informational, resolved_at):
+                _keep(best, finding)
+    return sorted(best.values(), key=lambda f: (RANK[f.status], f.level))
+
+
+RANK = {"current": 0, "resolved": 1, "history": 1, "negated": 2, "informational": 3}
+
+
+def _keep(best: Dict[str, Finding], finding: Finding) -> None:
+    known = best.get(finding.category)
+    if known is None or (RANK[finding.status], finding.level) < (RANK[known.status], known.level):
+        best[finding.category] = finding
+
+
+def _context_present(lex: Lexicon, group, parts: List[Tuple[int, str]]) -> bool:  # type: ignore[no-untyped-def]
+    """The context group occurs, not negated, in a sentence that is not a question about a condition."""
+    for _, sentence in parts:
+        if _informational(lex, sentence):
+            continue
+        span = _find(group, sentence)
+        if span is not None and not _negated(lex, sentence, [span]):
+            return True
+    return False
 
 
 def subject(text: str, lex: Optional[Lexicon] = None) -> Optional[str]:
