@@ -121,7 +121,7 @@ def red_flag_report(rows: Sequence[Dict[str, Any]], answers: Sequence[Dict[str, 
     }
 
 
-def own_cross_validation(folds: int = 5) -> Dict[str, float]:
+def own_cross_validation(folds: int = 3) -> Dict[str, float]:
     """The ranker (knowledge + model) on held-out folds of the project's own examples."""
     import random
 
