@@ -86,11 +86,7 @@ class StartSurvey(Action):
                 dispatcher.utter_message(response="utter_survey_nothing_to_resume")
             dispatcher.utter_message(response="utter_survey_which")
             return [SlotSet(names.SURVEY_READY, False)]
-        return [
-            SlotSet(names.SURVEY_ID, response_id),
-            SlotSet(names.SURVEY_ANSWER, None),
-            SlotSet(names.SURVEY_READY, True),
-        ]
+        return [SlotSet(names.SURVEY_ID, response_id), SlotSet(names.SURVEY_READY, True)]
 
 
 def _response(session, response_id: Any) -> Optional[SurveyResponse]:  # type: ignore[no-untyped-def]
@@ -187,6 +183,8 @@ class ValidateSurveyForm(FormValidationAction):
     async def validate_survey_answer(
         self, value: Any, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
     ) -> Dict[str, Any]:
+        if value is None:  # the slot was cleared, not answered (rasa_sdk validates every slot set this turn)
+            return {}
         response_id = tracker.get_slot(names.SURVEY_ID)
 
         def apply(session) -> Dict[str, Any]:  # type: ignore[no-untyped-def]
