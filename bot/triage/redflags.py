@@ -129,6 +129,9 @@ def lexicon(path: Path = RED_FLAGS_FILE) -> Lexicon:
         if phrases:
             patterns.append(_pattern([phrases], level))
         name = item.get("name", item["id"])
+        unless = tuple(_alternative(alt) for alt in item.get("unless") or ())
+        if unless:  # a category's `unless` applies to each of its patterns
+            patterns = [_Pattern(p.groups, p.level, p.unless + unless) for p in patterns]
         categories.append(_Category(item["id"], name, level, tuple(patterns), item["id"] in crisis))
     return Lexicon(
         categories=tuple(categories),
