@@ -186,13 +186,7 @@ class PatientFormValidation(FormValidationAction):
         return slots
 
     async def extract_requested(self, slot: str, tracker: Tracker) -> Dict[str, Any]:
-        """Fill the requested slot with the reply the patient just sent."""
-        if tracker.get_slot(names.REQUESTED_SLOT) != slot:
-            return {}
-        if previous_action(tracker, skip=self.form_name()) is not None:  # back from an interruption
-            return {}
-        text = latest_text(tracker)
-        return {slot: text} if text else {}
+        return reply_to_requested(tracker, slot, self.form_name())
 
     async def get_extraction_events(
         self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
@@ -252,6 +246,17 @@ def previous_action(tracker: Tracker, skip: str = "") -> Optional[str]:
         if event.get("event") == "action" and event.get("name") not in (skip, "action_listen"):
             return event.get("name")
     return None
+
+
+def reply_to_requested(tracker: Tracker, slot: str, form: str) -> Dict[str, Any]:
+    """{slot: the patient's reply} when `slot` was asked and the reply answers it (not a return from an
+    interruption); {} otherwise. Forms use custom mappings and fill their requested slot with this."""
+    if tracker.get_slot(names.REQUESTED_SLOT) != slot:
+        return {}
+    if previous_action(tracker, skip=form) is not None:  # back from an interruption
+        return {}
+    text = latest_text(tracker)
+    return {slot: text} if text else {}
 
 
 def bot_action_before_message(tracker: Tracker) -> Optional[str]:

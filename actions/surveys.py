@@ -19,7 +19,7 @@ from rasa_sdk.executor import CollectingDispatcher
 from rasa_sdk.types import DomainDict
 
 from actions import names
-from actions.common import channel_of, in_db, latest_intent, latest_text, previous_action
+from actions.common import channel_of, in_db, latest_intent, latest_text, previous_action, reply_to_requested
 from actions.escalation import escalate
 from actions.triage import emergency_facts
 from bot.crm import patients, surveys
@@ -111,7 +111,6 @@ class AskSurveyAnswer(Action):
             number = surveys.position(response, item)
             return {
                 "first": not response.answers,
-                "resumed": bool(response.answers) and previous_action(tracker) == "survey_form",
                 "intro": instrument.intro,
                 "stem": instrument.stem,
                 "text": f"（{number}/{len(instrument.items)}）{item.text}",
@@ -150,16 +149,15 @@ class ValidateSurveyForm(FormValidationAction):
         if answering and previous_action(tracker, skip=names.SURVEY_FORM) is None:
             if intent.get("name") == names.EMERGENCY:
                 return []  # the form rejects; the emergency rule answers
-            reply = await self._peek(tracker)
             digression = (
                 intent.get("name") in SURVEY_DIGRESSIONS
                 and (intent.get("confidence") or 0.0) >= names.DIGRESSION_CONFIDENCE
             )
-            if reply is not None and reply.kind == answers.INVALID and digression:
+            if digression and await self._not_an_answer(tracker):  # 停车场在哪 mid-survey; 还行 is an answer
                 return []
         return await super().run(dispatcher, tracker, domain)
 
-    async def _peek(self, tracker: Tracker) -> Optional[answers.Reply]:
+    async def _not_an_answer(self, tracker: Tracker) -> bool:
         response_id = tracker.get_slot(names.SURVEY_ID)
 
         def scale(session) -> Optional[str]:  # type: ignore[no-untyped-def]
@@ -168,17 +166,12 @@ class ValidateSurveyForm(FormValidationAction):
             return item.scale if item else None
 
         found = await in_db(scale)
-        return answers.read(found, latest_text(tracker)) if found else None
+        return found is not None and answers.read(found, latest_text(tracker)).kind == answers.INVALID
 
     async def extract_survey_answer(
         self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
     ) -> Dict[str, Any]:
-        if tracker.get_slot(names.REQUESTED_SLOT) != names.SURVEY_ANSWER:
-            return {}
-        if previous_action(tracker, skip=names.SURVEY_FORM) is not None:  # back from an interruption
-            return {}
-        text = latest_text(tracker)
-        return {names.SURVEY_ANSWER: text} if text else {}
+        return reply_to_requested(tracker, names.SURVEY_ANSWER, names.SURVEY_FORM)
 
     async def validate_survey_answer(
         self, value: Any, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict

@@ -29,8 +29,6 @@ from bot.triage.departments import warm_up_in_background
 logger = logging.getLogger(__name__)
 warm_up_in_background()  # the action server loads the department model at start, not on a patient's message
 
-SUBJECT_WORDS = {"父亲": "父亲", "母亲": "母亲", "孩子": "孩子", "配偶": "爱人", "祖父母": "家里老人"}
-
 
 def _department_name(code: str) -> str:
     info = departments().get(code)
@@ -69,28 +67,35 @@ def emergency_facts() -> Dict[str, str]:
     }
 
 
-class Emergency(Action):
+def _reasons(result: Assessment, count: int) -> str:
+    return "；".join(text for _, text in result.described()[:count])
+
+
+async def answer_emergency(dispatcher: CollectingDispatcher, tracker: Tracker, result: Assessment) -> List[EventType]:
     """Level 1-2: tell the patient what to do now, alert a nurse at top priority, leave any form."""
+    reasons = _reasons(result, 3) or "危险信号"
+    facts = emergency_facts()
+    if result.crisis:
+        dispatcher.utter_message(response="utter_crisis", **facts)
+    elif result.subject:
+        dispatcher.utter_message(response="utter_emergency_family", subject=result.subject, reasons=reasons, **facts)
+    else:
+        dispatcher.utter_message(response="utter_emergency", reasons=reasons, **facts)
+    await escalate(tracker, "crisis" if result.crisis else "red_flag", detail=f"level {result.level}: {reasons}")
+    await _record(tracker, result)
+    logger.info("emergency answered: level %s, crisis %s", result.level, result.crisis)
+    return [*leave_form(tracker), SlotSet(names.TRIAGE_DEPARTMENT, None), SlotSet(names.TRIAGE_OPTIONS, None)]
+
+
+class Emergency(Action):
+    """The `emergency` intent (nlu.components.RedFlagDetector), in any flow."""
 
     def name(self) -> str:
         return "action_emergency"
 
     async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> List[EventType]:
-        text = latest_text(tracker)
-        result = assess(text)
-        reasons = "；".join(reason.split("：", 1)[-1] for reason in result.reasons[:3]) or "危险信号"
-        facts = emergency_facts()
-        if result.crisis:
-            dispatcher.utter_message(response="utter_crisis", **facts)
-        elif result.subject:
-            who = SUBJECT_WORDS.get(result.subject, result.subject)
-            dispatcher.utter_message(response="utter_emergency_family", subject=who, reasons=reasons, **facts)
-        else:
-            dispatcher.utter_message(response="utter_emergency", reasons=reasons, **facts)
-        await escalate(tracker, "crisis" if result.crisis else "red_flag", detail=f"level {result.level}: {reasons}")
-        await _record(tracker, result)
-        logger.info("emergency answered: level %s, crisis %s", result.level, result.crisis)
-        return [*leave_form(tracker), SlotSet(names.TRIAGE_DEPARTMENT, None), SlotSet(names.TRIAGE_OPTIONS, None)]
+        # urgency only: an emergency gets no department, so the ranking model is not run
+        return await answer_emergency(dispatcher, tracker, assess(latest_text(tracker), departments=False))
 
 
 class Triage(Action):
@@ -105,12 +110,11 @@ class Triage(Action):
             # the answer to our clarifying question describes more: read both messages together
             text = f"{tracker.get_slot(names.TRIAGE_TEXT) or ''}。{text}"
         result = assess(text)
+        if result.red_flag:  # the clarifying answer read together with the first message is an emergency
+            return await answer_emergency(dispatcher, tracker, result)
         await _record(tracker, result)
-        if result.red_flag:  # e.g. a reading in a message the classifier read as symptoms
-            return await Emergency().run(dispatcher, tracker, domain)
         if result.level == 3:
-            reasons = "；".join(reason.split("：", 1)[-1] for reason in result.reasons[:2])
-            dispatcher.utter_message(response="utter_triage_urgent", reasons=reasons, **emergency_facts())
+            dispatcher.utter_message(response="utter_triage_urgent", reasons=_reasons(result, 2), **emergency_facts())
         codes = [d.code for d in result.departments]
         if not codes:
             dispatcher.utter_message(response="utter_triage_no_department")

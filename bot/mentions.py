@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple
 
 from pypinyin import lazy_pinyin
 
@@ -65,12 +65,17 @@ class MentionFinder:
         for item in self._exact:
             self._exact_by_length.setdefault(len(item.term), []).append(item)
         self._lengths = sorted(set(self._exact_by_length), reverse=True)
+        self._recent = lru_cache(maxsize=256)(self._scan)
 
-    def find(self, text: Optional[str], boundaries: Optional[Set[int]] = None) -> List[Mention]:
+    def find(self, text: Optional[str], boundaries: Optional[Set[int]] = None) -> Tuple[Mention, ...]:
         """Mentions in `text`, in order. With word `boundaries` (token offsets), a two-character doctor name
-        must be a word of its own (高峰 the doctor, not 高峰期 the rush hour)."""
+        must be a word of its own (高峰 the doctor, not 高峰期 the rush hour). Recent answers are remembered: the
+        NLU pipeline asks twice per message (features, then entities)."""
         if not text:
-            return []
+            return ()
+        return self._recent(text, frozenset(boundaries) if boundaries is not None else None)
+
+    def _scan(self, text: str, boundaries: Optional[FrozenSet[int]]) -> Tuple[Mention, ...]:
         lowered = text.lower()
         syllables = _pinyin(text) if self._sounds else []
         taken = [False] * len(text)
@@ -96,13 +101,10 @@ class MentionFinder:
                         item = self._sounds.get(tuple(syllables[start:end]))
                         if item is not None:
                             claim(item, start, end, False)
-        return sorted(found, key=lambda mention: mention.start)
-
-    def first(self, text: Optional[str], kind: str) -> Optional[Mention]:
-        return next((mention for mention in self.find(text) if mention.kind == kind), None)
+        return tuple(sorted(found, key=lambda mention: mention.start))
 
 
-def _stands_alone(item: _Term, start: int, end: int, boundaries: Optional[Set[int]]) -> bool:
+def _stands_alone(item: _Term, start: int, end: int, boundaries: Optional[FrozenSet[int]]) -> bool:
     if boundaries is None or item.kind != DOCTOR or len(item.term) > 2:
         return True
     return start in boundaries and end in boundaries

@@ -17,7 +17,7 @@ import hashlib
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set
 
 import numpy as np
 import scipy.sparse
@@ -41,6 +41,12 @@ from sklearn.pipeline import make_pipeline
 from bot import mentions, timeparse
 from bot.catalog import HOSPITAL_DATA
 from nlu import cues
+
+
+def token_boundaries(message: Message) -> Optional[Set[int]]:
+    """Start and end offsets of the message's tokens; None before tokenization."""
+    tokens = message.get(TOKENS_NAMES[TEXT]) or []
+    return {token.start for token in tokens} | {token.end for token in tokens} if tokens else None
 
 
 def _files_digest(*paths: Path) -> str:
@@ -142,8 +148,7 @@ class CatalogEntityExtractor(_RuleExtractor):
         self._finder = mentions.finder()
 
     def entities(self, message: Message, text: str) -> List[Dict[str, Any]]:
-        tokens = message.get(TOKENS_NAMES[TEXT]) or []
-        boundaries = {token.start for token in tokens} | {token.end for token in tokens} if tokens else None
+        boundaries = token_boundaries(message)
         return [
             {
                 "entity": mention.kind,
@@ -215,7 +220,7 @@ class CueFeaturizer(SparseFeaturizer, GraphComponent):
         counts: Counter = Counter()
         for example in training_data.training_examples:
             if example.get(TEXT):
-                counts.update(set(cues.cues(example.get(TEXT))))
+                counts.update(set(cues.cues(example.get(TEXT), token_boundaries(example))))
         kept = sorted(cue for cue, count in counts.items() if count >= int(self._config["min_count"]))
         self._vocabulary = {cue: index for index, cue in enumerate(kept)}
         with self._model_storage.write_to(self._resource) as directory:
@@ -233,7 +238,8 @@ class CueFeaturizer(SparseFeaturizer, GraphComponent):
             text = message.get(TEXT)
             if text is None:
                 continue
-            columns = sorted({self._vocabulary[cue] for cue in cues.cues(text) if cue in self._vocabulary})
+            found = cues.cues(text, token_boundaries(message))
+            columns = sorted({self._vocabulary[cue] for cue in found if cue in self._vocabulary})
             sentence = scipy.sparse.coo_matrix(
                 (np.ones(len(columns)), (np.zeros(len(columns), dtype=int), columns)),
                 shape=(1, len(self._vocabulary)),

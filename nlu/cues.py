@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import re
 from functools import lru_cache
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional, Set
 
 from bot import mentions
 
@@ -56,13 +56,14 @@ def _sentiment() -> Callable[[str], float]:
     return analyse
 
 
-def cues(text: str) -> List[str]:
-    """The cue features of one message, as strings (a bag: order does not matter)."""
+def cues(text: str, boundaries: Optional[Set[int]] = None) -> List[str]:
+    """The cue features of one message, as strings (a bag: order does not matter). `boundaries`: the word
+    offsets of its tokens, as the entity extractor uses them (the finder then answers both from one scan)."""
     stripped = (text or "").strip()
     if not stripped:
         return ["empty"]
     out: List[str] = []
-    for mention in mentions.finder().find(stripped):
+    for mention in mentions.finder().find(text, boundaries):
         out.append(f"names_{mention.kind}")
     if PHONE.search(stripped) or SPOKEN_PHONE.search(stripped):
         out.append("phone")

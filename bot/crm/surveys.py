@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from bot.clock import utc_now_naive
 from bot.crm import audit
 from bot.crm.models import SurveyAnswer, SurveyResponse, SurveyStatus
-from bot.surveys.instruments import Instrument, Item, get
+from bot.surveys.instruments import NPS, RATING, Instrument, Item, get
 
 OPEN = (SurveyStatus.IN_PROGRESS, SurveyStatus.PAUSED)
 
@@ -147,8 +147,8 @@ def evaluate(response: SurveyResponse, instrument: Instrument) -> Outcome:
         positive = instrument.positive_from is not None and total >= int(instrument.positive_from)
     safety = any(item.safety and (values.get(item.id) or 0) > 0 for item in instrument.items)
     low = any(
-        (item.scale == "rating" and item.id in values and values[item.id] <= 2)
-        or (item.scale == "nps" and item.id in values and values[item.id] <= 6)
+        (item.scale == RATING and item.id in values and values[item.id] <= 2)
+        or (item.scale == NPS and item.id in values and values[item.id] <= 6)
         for item in instrument.items
     )
     status = SurveyStatus(response.status).value

@@ -14,6 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+import cn2an
 import yaml
 
 from bot.config import DATA_DIR
@@ -23,8 +24,6 @@ ANSWERS_FILE = DATA_DIR / "surveys" / "answers.yml"
 ANSWER, SKIP, PAUSE, REFUSE, INVALID = "answer", "skip", "pause", "refuse", "invalid"
 RANGES = {FREQUENCY: (0, 3), RATING: (1, 5), NPS: (0, 10)}
 CONTROL_MAX_IN_TEXT = 6
-_CN_DIGITS = ["零〇", "一", "二两", "三", "四", "五", "六", "七", "八", "九", "十"]
-_CN = {char: value for value, chars in enumerate(_CN_DIGITS) for char in chars}
 NUMBER = re.compile(
     r"^(?:选|选择|第)?\s*(10|[0-9]|十|[零〇一二两三四五六七八九])\s*(?:分|星|颗星|个|项|号)?\s*[。.!！~～]*$"
 )
@@ -80,7 +79,7 @@ def _scored(scale: str, normal: str) -> Optional[int]:
     match = NUMBER.match(normal)
     if match:
         token = match.group(1)
-        value = int(token) if token.isdigit() else _CN[token]
+        value = int(token) if token.isdigit() else int(cn2an.cn2an(token.replace("两", "二"), "smart"))
         return value if low <= value <= high else None
     if scale == FREQUENCY:
         letter = LETTER.match(normal)

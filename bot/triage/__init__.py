@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from bot.triage import readings as readings_module
 from bot.triage import redflags
@@ -41,16 +41,16 @@ class Assessment:
         """Suicide or self-harm: crisis wording, the psychological-aid hotline and a human at once."""
         return any(f.crisis and f.status == "current" for f in self.findings)
 
+    def described(self) -> List[Tuple[str, str]]:
+        """(category, what staff and patients read: 疑似脑卒中（中风）（嘴歪）), most urgent first."""
+        notes = {"current": "", "history": "，既往", "resolved": "，已缓解"}
+        out = [(f.category, f"{f.name}（{f.evidence}{notes[f.status]}）") for f in self.findings]
+        out += [("reading", f"{item.reason}（{item.reading.text.strip()}）") for item in self.reading_findings]
+        return out
+
     @property
     def reasons(self) -> List[str]:
-        out = []
-        for finding in self.findings:
-            if finding.status in ("current", "history", "resolved"):
-                note = "" if finding.status == "current" else ("，既往" if finding.status == "history" else "，已缓解")
-                out.append(f"{finding.category}：{finding.name}（{finding.evidence}{note}）")
-        for item in self.reading_findings:
-            out.append(f"reading：{item.reason}（{item.reading.text.strip()}）")
-        return out
+        return [f"{category}：{text}" for category, text in self.described()]
 
     def as_dict(self) -> Dict[str, Any]:
         return {
@@ -62,7 +62,7 @@ class Assessment:
         }
 
 
-def urgency(text: str) -> tuple:
+def urgency(text: str) -> Tuple[int, List[Finding], List[ReadingFinding]]:
     """(level, findings, reading findings) without the department ranking: cheap enough for every message."""
     findings = [f for f in redflags.detect(text) if f.status in ("current", "history", "resolved")]
     reading_findings = readings_module.judge(readings_module.parse(text), text)
@@ -72,21 +72,18 @@ def urgency(text: str) -> tuple:
 
 def assessment_summary(text: str) -> Dict[str, Any]:
     """What the NLU pipeline attaches to every message: urgency only, no department ranking (cheap)."""
-    level, findings, reading_findings = urgency(text)
-    partial = Assessment(text, level, findings, reading_findings, [], False, None)
-    return {"level": level, "red_flag": partial.red_flag, "crisis": partial.crisis, "reasons": partial.reasons}
+    result = assess(text, departments=False)
+    return {"level": result.level, "red_flag": result.red_flag, "crisis": result.crisis, "reasons": result.reasons}
 
 
-def assess(text: str, age: Optional[float] = None, sex: Optional[str] = None) -> Assessment:
+def assess(text: str, age: Optional[float] = None, sex: Optional[str] = None, departments: bool = True) -> Assessment:
+    """Urgency with reasons, and (unless `departments` is False: the cheap check every message gets) the ranked
+    departments."""
     level, findings, reading_findings = urgency(text)
-    recommendation = ranker().rank(text, age=age, sex=sex)
-    return Assessment(
-        text=text,
-        level=level,
-        findings=findings,
-        reading_findings=reading_findings,
-        departments=recommendation.departments,
-        clarify=recommendation.clarify,
-        subject=redflags.subject(text),
-        population=sorted(recommendation.population),
-    )
+    result = Assessment(text, level, findings, reading_findings, [], False, redflags.subject(text))
+    if departments:
+        recommendation = ranker().rank(text, age=age, sex=sex)
+        result.departments = recommendation.departments
+        result.clarify = recommendation.clarify
+        result.population = sorted(recommendation.population)
+    return result

@@ -33,7 +33,6 @@ logger = logging.getLogger(__name__)
 
 TRIAGE_DATA = DATA_DIR / "triage"
 KNOWLEDGE_DIR = TRIAGE_DATA / "knowledge"
-EXAMPLES_FILE = TRIAGE_DATA / "examples.yml"  # and every other examples*.yml (examples_consult.yml...)
 ROUTING_FILE = TRIAGE_DATA / "routing.yml"
 CACHE_DIR = PROJECT_ROOT / "models" / "triage"  # built by `make train`, like the Rasa model
 MODEL_VERSION = "2"  # bump when the model's code changes

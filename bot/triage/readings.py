@@ -14,6 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import cn2an
 import yaml
 
 from bot.config import DATA_DIR
@@ -109,8 +110,6 @@ def _numeral_run(match: re.Match) -> str:
     if len(run) < 2 and after not in ("度", "分", "点") and before != "度":
         return run  # 一直, 有一次: words, not numbers
     try:
-        import cn2an
-
         value = cn2an.cn2an(run.replace("两", "二"), "smart")
     except Exception:  # not a well-formed numeral (十百): leave the words as written
         return run

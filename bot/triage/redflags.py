@@ -290,26 +290,22 @@ def detect(text: str, lex: Optional[Lexicon] = None) -> List[Finding]:
     lex = lex or lexicon()
     text = normalise(text)
     resolved_at = [text.find(cue) for cue in lex.resolved if cue in text]
-    best: Dict[str, Finding] = {}
-    for offset, sentence in sentences(text):
-        informational = _informational(lex, sentence)
-        for category in lex.categories:
-            for pattern in category.patterns:
-                if pattern.unless and _find(pattern.unless, sentence) is not None:
-                    continue
-                for finding in _match(lex, category, pattern, sentence, offset, informational, resolved_at):
-                    _keep(best, finding)
-    parts = sentences(text)
+    parts = [(offset, sentence, _informational(lex, sentence)) for offset, sentence in sentences(text)]
     by_id = {category.id: category for category in lex.categories}
-    for item in lex.message_patterns:
-        category = by_id.get(item.category)
-        if category is None or (item.unless and _find(item.unless, text) is not None):
-            continue
-        if not all(_context_present(lex, group, parts) for group in item.context):
-            continue
-        for offset, sentence in parts:
-            informational = _informational(lex, sentence)
-            for finding in _match(lex, category, item.pattern, sentence, offset, informational, resolved_at):
+    candidates = [(category, pattern) for category in lex.categories for pattern in category.patterns]
+    candidates += [
+        (by_id[item.category], item.pattern)
+        for item in lex.message_patterns
+        if item.category in by_id
+        and not (item.unless and _find(item.unless, text) is not None)
+        and all(_context_present(lex, group, parts) for group in item.context)
+    ]
+    best: Dict[str, Finding] = {}
+    for offset, sentence, informational in parts:
+        for category, pattern in candidates:
+            if pattern.unless and _find(pattern.unless, sentence) is not None:
+                continue
+            for finding in _match(lex, category, pattern, sentence, offset, informational, resolved_at):
                 _keep(best, finding)
     return sorted(best.values(), key=lambda f: (RANK[f.status], f.level))
 
@@ -323,10 +319,10 @@ def _keep(best: Dict[str, Finding], finding: Finding) -> None:
         best[finding.category] = finding
 
 
-def _context_present(lex: Lexicon, group, parts: List[Tuple[int, str]]) -> bool:  # type: ignore[no-untyped-def]
+def _context_present(lex: Lexicon, group, parts: List[Tuple[int, str, bool]]) -> bool:  # type: ignore[no-untyped-def]
     """The context group occurs, not negated, in a sentence that is not a question about a condition."""
-    for _, sentence in parts:
-        if _informational(lex, sentence):
+    for _, sentence, informational in parts:
+        if informational:
             continue
         span = _find(group, sentence)
         if span is not None and not _negated(lex, sentence, [span]):
