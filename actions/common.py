@@ -141,10 +141,9 @@ class PatientFormValidation(FormValidationAction):
         return lexicon.means_stop(latest_text(tracker))
 
     def is_digression(self, tracker: Tracker) -> bool:
-        """A confident question or request that is not an answer to what the form asked; an emergency always."""
+        """A confident question or request that is not an answer to what the form asked (an emergency: always,
+        the red-flag detector gives it confidence 1.0)."""
         intent = tracker.latest_message.get("intent") or {}
-        if intent.get("name") == names.EMERGENCY:
-            return True
         if (intent.get("confidence") or 0.0) < names.DIGRESSION_CONFIDENCE:
             return False
         name = intent.get("name")

@@ -148,7 +148,7 @@ class ValidateSurveyForm(FormValidationAction):
         answering = tracker.get_slot(names.REQUESTED_SLOT) == names.SURVEY_ANSWER
         if answering and previous_action(tracker, skip=names.SURVEY_FORM) is None:
             if intent.get("name") == names.EMERGENCY:
-                return []  # the form rejects; the emergency rule answers
+                return []  # even when it also reads as an answer (几乎每天都想死): the emergency rule answers
             digression = (
                 intent.get("name") in SURVEY_DIGRESSIONS
                 and (intent.get("confidence") or 0.0) >= names.DIGRESSION_CONFIDENCE
