@@ -62,7 +62,7 @@ test-fast: venv
 
 lint: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check bot actions channels nlu scheduler tests bench
+	$(VENV)/bin/ruff format --check bot actions channels nlu scheduler tests bench sandbox
 
 bench: setup
 	$(PY) -m bench.all
