@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
+import time
+import urllib.request
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -125,3 +129,103 @@ def crm_url(request: pytest.FixtureRequest) -> str:
     """A migrated, seeded CRM on each backend."""
     url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
     return migrate_and_seed(url)
+
+
+# ----------------------------------------------------------------------------------------------
+# the action server, shared by the in-process agent (tests/dialogue) and the Rasa server (tests/e2e)
+# ----------------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def dialogue_db(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('dialogue') / 'crm.sqlite'}"
+    return migrate_and_seed(url)
+
+
+@pytest.fixture(scope="session")
+def action_server(dialogue_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = _free_port()
+    log = tmp_path_factory.mktemp("logs") / "actions.log"
+    env = {**os.environ, "DATABASE_URL": dialogue_db}
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "rasa_sdk", "--port", str(port), "--actions", "actions"],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"action server exited: {log.read_text()[-2000:]}")
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.3)
+    else:
+        process.kill()
+        pytest.fail("action server did not start within 60 s")
+    yield f"{url}/webhook"
+    process.terminate()
+    process.wait(timeout=10)
+    errors = [line for line in log.read_text().splitlines() if "Traceback" in line]
+    assert not errors, f"the action server raised during the tests; see {log}"
+
+
+# ----------------------------------------------------------------------------------------------
+# the provider sandbox (WeChat and Twilio APIs on loopback), one per session
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def sandbox_server() -> Iterator[object]:
+    from sandbox.testing import run_sandbox
+
+    with run_sandbox() as running:
+        yield running
+
+
+@pytest.fixture
+def sandbox(sandbox_server: object) -> Iterator[object]:
+    """The session's sandbox with nothing recorded and no faults armed."""
+    sandbox_server.reset()  # type: ignore[attr-defined]
+    yield sandbox_server
+
+
+@pytest.fixture
+def providers_env(sandbox: object, crm_default: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    """The real wechatpy and twilio clients of `bot.outbound` aimed at the sandbox, a migrated CRM, and a fresh
+    in-memory key-value store (seen messages, choices, the WeChat token)."""
+    from bot import kv
+    from bot.outbound import providers, settings
+
+    monkeypatch.setenv("SANDBOX_URL", sandbox.url)  # type: ignore[attr-defined]
+    for name in ("WECHAT_API_BASE", "TWILIO_API_BASE", "REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    settings.get_provider_settings.cache_clear()
+    kv.get_store.cache_clear()
+    providers._default = None
+    yield sandbox
+    settings.get_provider_settings.cache_clear()
+    kv.get_store.cache_clear()
+    providers._default = None
+
+
+@pytest.fixture
+def crm_default(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A migrated, seeded SQLite CRM as bot.db's default database."""
+    from bot import config, db
+    from tests.conftest import migrate_and_seed
+
+    migrate_and_seed(sqlite_url, days=2)
+    monkeypatch.setenv("DATABASE_URL", sqlite_url)
+    for cached in (config.get_settings, db.get_engine, db.get_session_factory):
+        cached.cache_clear()
+    yield sqlite_url
+    for cached in (config.get_settings, db.get_engine, db.get_session_factory):
+        cached.cache_clear()

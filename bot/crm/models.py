@@ -54,6 +54,17 @@ class EscalationStatus(str, enum.Enum):
     RESOLVED = "resolved"
 
 
+class DeliveryStatus(str, enum.Enum):
+    """Where one outbound message stands. Twilio's status callbacks move SMS from sent to delivered/undelivered."""
+
+    SENDING = "sending"  # handed to the provider, no answer yet
+    SENT = "sent"  # the provider accepted it
+    DELIVERED = "delivered"  # the provider confirmed it reached the handset
+    UNDELIVERED = "undelivered"  # the provider accepted it but could not deliver it
+    FAILED = "failed"  # refused or errored; `error_code` says why
+    SKIPPED = "skipped"  # not attempted: no consent, or no identity on that channel
+
+
 class SurveyStatus(str, enum.Enum):
     IN_PROGRESS = "in_progress"
     PAUSED = "paused"  # the patient will go on later (暂停); the next trigger or 继续问卷 resumes it
@@ -290,3 +301,33 @@ class TriageRecord(Base):
     categories = Column(JSON, nullable=False, default=list)  # red-flag categories and reading kinds
     departments = Column(JSON, nullable=False, default=list)  # [{"code", "score"}]
     created_at = Column(DateTime, nullable=False, default=utcnow, index=True)
+
+
+class Delivery(Base):
+    """One attempt to send one message to one patient address on one channel.
+
+    A fallback (WeChat refused, then SMS) is a second row pointing at the first through `fallback_of_id`,
+    so a nurse or a report sees every attempt and why it failed.
+    """
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        Index("ix_deliveries_provider_message", "provider_message_id"),
+        Index("ix_deliveries_patient_created", "patient_id", "created_at"),
+    )
+
+    id = Column(Integer, primary_key=True)
+    patient_id = Column(Integer, ForeignKey("patients.id", ondelete="SET NULL"), nullable=True)
+    channel = Column(String(16), nullable=False)
+    address = Column(String(128), nullable=False)  # openid or E.164 phone: never logged
+    kind = Column(String(16), nullable=False)  # reply, custom, template, subscribe, sms, call
+    purpose = Column(String(32), nullable=False, default="conversation")  # conversation, reminder, nurse, alert
+    body = Column(Text, nullable=False, default="")
+    choices = Column(JSON, nullable=True)  # [{"title", "payload"}]: numbered on SMS/WeChat, keys on a call
+    status = Column(_status_type(DeliveryStatus, "delivery_status"), nullable=False, default=DeliveryStatus.SENDING)
+    provider_message_id = Column(String(64), nullable=True)  # Twilio SM…/CA… sid, WeChat msgid
+    error_code = Column(String(16), nullable=True)
+    error = Column(String(255), nullable=True)
+    fallback_of_id = Column(Integer, ForeignKey("deliveries.id", ondelete="SET NULL"), nullable=True)
+    created_at = Column(DateTime, nullable=False, default=utcnow)
+    updated_at = Column(DateTime, nullable=False, default=utcnow, onupdate=utcnow)

@@ -7,27 +7,16 @@ fixed clock as this process. Tests talk to the agent in-process, the way a chann
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
 import pytest
 
-from tests.conftest import PROJECT_ROOT, migrate_and_seed
+from tests.conftest import PROJECT_ROOT
 
 MODEL = PROJECT_ROOT / "models" / "current.tar.gz"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -35,45 +24,6 @@ def event_loop_for_agent() -> Iterator[asyncio.AbstractEventLoop]:
     loop = asyncio.new_event_loop()
     yield loop
     loop.close()
-
-
-@pytest.fixture(scope="session")
-def dialogue_db(tmp_path_factory: pytest.TempPathFactory) -> str:
-    url = f"sqlite:///{tmp_path_factory.mktemp('dialogue') / 'crm.sqlite'}"
-    return migrate_and_seed(url)
-
-
-@pytest.fixture(scope="session")
-def action_server(dialogue_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = _free_port()
-    log = tmp_path_factory.mktemp("logs") / "actions.log"
-    env = {**os.environ, "DATABASE_URL": dialogue_db}
-    with open(log, "w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "rasa_sdk", "--port", str(port), "--actions", "actions"],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"action server exited: {log.read_text()[-2000:]}")
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.3)
-    else:
-        process.kill()
-        pytest.fail("action server did not start within 60 s")
-    yield f"{url}/webhook"
-    process.terminate()
-    process.wait(timeout=10)
-    errors = [line for line in log.read_text().splitlines() if "Traceback" in line]
-    assert not errors, f"the action server raised during the tests; see {log}"
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,255 @@
+"""Choosing a channel, honouring consent, falling back, and recording every attempt.
+
+`send_to_patient` walks the channel policy (WeChat → SMS → voice by default), skips channels the patient has
+no address on or opted out of, and stops at the first provider that accepts the message. Each attempt is a
+`Delivery` row committed before the provider is called (a crash leaves a `sending` row to reconcile, never a
+silent gap) and updated with the outcome. Blocking: run it in a worker thread from async code.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Iterable, List, Optional, Sequence, Tuple
+
+from sqlalchemy import select
+
+from bot.addresses import sender_id_for
+from bot.crm import consent
+from bot.crm.models import ChannelIdentity, Delivery, DeliveryStatus, Patient
+from bot.db import session_scope
+from bot.errors import DomainError, UnknownPatient
+from bot.outbound.providers import OutboundMessage, ProviderError, Providers, get_providers
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_POLICY: Tuple[str, ...] = ("wechat", "sms", "voice")
+# Twilio's statuses in order; a late "sent" callback never overwrites "delivered".
+_STATUS_RANK = {"sending": 0, "sent": 1, "delivered": 2, "undelivered": 2, "failed": 2}
+
+
+class Undeliverable(DomainError):
+    """No channel in the policy took the message; `attempts` says what each one answered."""
+
+    def __init__(self, patient_id: Optional[int], attempts: Sequence[Attempt]) -> None:
+        tried = "; ".join(f"{a.channel}: {a.outcome}" for a in attempts) or "no channel address or consent"
+        super().__init__(f"could not reach patient {patient_id}: {tried}")
+        self.patient_id = patient_id
+        self.attempts = list(attempts)
+
+
+@dataclass
+class Attempt:
+    channel: str
+    delivery_id: Optional[int]
+    status: DeliveryStatus
+    outcome: str  # "sent as custom", "43004 ...", "opted out"
+
+
+@dataclass
+class DeliveryReport:
+    patient_id: Optional[int]
+    channel: str  # the channel that took the message
+    kind: str
+    delivery_id: int
+    attempts: List[Attempt] = field(default_factory=list)
+
+    @property
+    def fell_back(self) -> bool:
+        return len(self.attempts) > 1
+
+
+def addresses_of(
+    patient: Patient, identities: Iterable[ChannelIdentity], policy: Sequence[str]
+) -> List[Tuple[str, str]]:
+    """(channel, address) pairs in policy order: the linked identities, and the registered mobile for SMS and
+    voice when no other number is linked."""
+    linked = {}
+    for identity in identities:
+        linked.setdefault(identity.channel, identity.external_id)
+    pairs = []
+    for channel in policy:
+        address = linked.get(channel) or (patient.phone if channel in ("sms", "voice") else None)
+        if address:
+            pairs.append((channel, address))
+    return pairs
+
+
+def _new_row(
+    channel: str,
+    address: str,
+    message: OutboundMessage,
+    patient_id: Optional[int],
+    *,
+    status: DeliveryStatus = DeliveryStatus.SENDING,
+    previous: Optional[int] = None,
+    error: Optional[str] = None,
+) -> int:
+    """Commit the attempt's row before the provider is called: a crash leaves `sending`, never nothing."""
+    with session_scope() as session:
+        row = Delivery(
+            patient_id=patient_id,
+            channel=channel,
+            address=address,
+            kind="pending" if status == DeliveryStatus.SENDING else "none",
+            purpose=message.purpose,
+            body=message.text,
+            choices=[{"title": c.title, "payload": c.payload} for c in message.choices] or None,
+            status=status,
+            fallback_of_id=previous,
+            error=error,
+        )
+        session.add(row)
+        session.flush()
+        return row.id
+
+
+def _close_attempt(
+    delivery_id: int,
+    status: DeliveryStatus,
+    *,
+    kind: Optional[str] = None,
+    provider_message_id: Optional[str] = None,
+    error_code: Optional[str] = None,
+    error: Optional[str] = None,
+) -> None:
+    with session_scope() as session:
+        row = session.get(Delivery, delivery_id)
+        row.status = status
+        row.kind = kind or row.kind
+        row.provider_message_id = provider_message_id
+        row.error_code = error_code
+        row.error = (error or "")[:255] or None
+
+
+def _try(
+    providers: Providers,
+    channel: str,
+    address: str,
+    message: OutboundMessage,
+    patient_id: Optional[int],
+    previous: Optional[int],
+) -> Tuple[Attempt, Optional[str]]:
+    delivery_id = _new_row(channel, address, message, patient_id, previous=previous)
+    try:
+        result = providers.get(channel).send(address, message, delivery_id=delivery_id)
+    except ProviderError as error:
+        _close_attempt(delivery_id, DeliveryStatus.FAILED, error_code=error.code, error=error.message)
+        # the code only: providers' messages can quote the phone number (Twilio 21211)
+        logger.warning("delivery %s on %s failed: %s", delivery_id, channel, error.code)
+        return Attempt(channel, delivery_id, DeliveryStatus.FAILED, f"{error.code} {error.message}".strip()), None
+    except Exception as error:  # an SDK bug must not lose the record of the attempt
+        _close_attempt(delivery_id, DeliveryStatus.FAILED, error_code="internal", error=type(error).__name__)
+        logger.exception("delivery %s on %s raised", delivery_id, channel)
+        return Attempt(channel, delivery_id, DeliveryStatus.FAILED, f"internal error {type(error).__name__}"), None
+    _close_attempt(
+        delivery_id,
+        DeliveryStatus.SENT,
+        kind=result.kind,
+        provider_message_id=result.provider_message_id,
+        error="; ".join(result.notes) or None,
+    )
+    return Attempt(channel, delivery_id, DeliveryStatus.SENT, f"sent as {result.kind}"), result.kind
+
+
+def _deliver(
+    pairs: Sequence[Tuple[str, str]], message: OutboundMessage, patient_id: Optional[int], providers: Providers
+) -> DeliveryReport:
+    attempts: List[Attempt] = []
+    previous: Optional[int] = None
+    for channel, address in pairs:
+        # An opt-out stops what the hospital starts (reminders, notices), not the answers to what the patient
+        # writes: a conversation reply always goes out.
+        allowed = message.purpose == "conversation"
+        if not allowed:
+            with session_scope() as session:
+                allowed = consent.accepts_messages(session, channel=channel, external_id=address)
+        if not allowed:
+            skipped = _new_row(channel, address, message, patient_id, status=DeliveryStatus.SKIPPED, error="opted out")
+            attempts.append(Attempt(channel, skipped, DeliveryStatus.SKIPPED, "opted out"))
+            continue
+        attempt, kind = _try(providers, channel, address, message, patient_id, previous)
+        attempts.append(attempt)
+        previous = attempt.delivery_id
+        if kind is not None:
+            return DeliveryReport(patient_id, channel, kind, attempt.delivery_id or 0, attempts)
+    raise Undeliverable(patient_id, attempts)
+
+
+def send_to_patient(
+    patient_id: int,
+    message: OutboundMessage,
+    *,
+    policy: Sequence[str] = DEFAULT_POLICY,
+    providers: Optional[Providers] = None,
+) -> DeliveryReport:
+    """Deliver over the first channel in `policy` that the patient can be reached on and consented to.
+
+    Raises UnknownPatient, or Undeliverable (with every attempt) when no channel took the message.
+    """
+    with session_scope() as session:
+        patient = session.get(Patient, patient_id)
+        if patient is None:
+            raise UnknownPatient(f"no patient with id {patient_id}")
+        identities = session.execute(select(ChannelIdentity).where(ChannelIdentity.patient_id == patient_id)).scalars()
+        pairs = addresses_of(patient, identities, policy)
+    return _deliver(pairs, message, patient_id, providers or get_providers())
+
+
+def send_to_address(
+    channel: str,
+    address: str,
+    message: OutboundMessage,
+    *,
+    patient_id: Optional[int] = None,
+    providers: Optional[Providers] = None,
+) -> DeliveryReport:
+    """Deliver on one known channel and address (a reply in the patient's own conversation), recorded the
+    same way; the patient is looked up from the channel identity when not given."""
+    if patient_id is None:
+        with session_scope() as session:
+            patient_id = session.execute(
+                select(ChannelIdentity.patient_id).where(
+                    ChannelIdentity.channel == channel, ChannelIdentity.external_id == address
+                )
+            ).scalar_one_or_none()
+    return _deliver([(channel, address)], message, patient_id, providers or get_providers())
+
+
+def record_status(provider_message_id: str, status: str, error_code: Optional[str] = None) -> bool:
+    """Apply a provider's delivery report (Twilio status callback). False when no delivery has that id.
+
+    Callbacks may arrive out of order or twice: a status never moves back (delivered stays delivered)."""
+    mapped = {
+        "queued": "sent",
+        "accepted": "sent",
+        "sending": "sent",
+        "sent": "sent",
+        "delivered": "delivered",
+        "read": "delivered",
+        "undelivered": "undelivered",
+        "failed": "failed",
+        "completed": "delivered",  # a call that was answered and finished
+        "busy": "undelivered",
+        "no-answer": "undelivered",
+        "canceled": "failed",
+    }.get(status)
+    if mapped is None:
+        return True  # an intermediate state we do not track (ringing, in-progress)
+    with session_scope() as session:
+        row = session.execute(
+            select(Delivery).where(Delivery.provider_message_id == provider_message_id).with_for_update()
+        ).scalar_one_or_none()
+        if row is None:
+            return False
+        if _STATUS_RANK[mapped] < _STATUS_RANK.get(row.status.value, 0):
+            return True
+        row.status = DeliveryStatus(mapped)
+        if error_code:
+            row.error_code = error_code
+        return True
+
+
+def conversation_of(channel: str, address: str) -> str:
+    """The Rasa conversation a reply to this delivery continues in."""
+    return sender_id_for(channel, address)
