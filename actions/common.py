@@ -17,7 +17,7 @@ from rasa_sdk.types import DomainDict
 from sqlalchemy.orm import Session
 
 from actions import names
-from bot import lexicon
+from bot import addresses, lexicon
 from bot.crm import patients
 from bot.db import session_scope
 from bot.errors import InvalidName, InvalidPhone
@@ -49,6 +49,11 @@ async def in_db(work: Callable[[Session], T]) -> T:
 def channel_of(tracker: Tracker) -> str:
     """The channel the patient writes on ('webchat', 'wechat', 'sms', ...); 'rest' when unknown."""
     return tracker.get_latest_input_channel() or "rest"
+
+
+def address_of(tracker: Tracker) -> str:
+    """The patient's address on this channel (openid, phone): what identities and consent are keyed by."""
+    return addresses.address_of(channel_of(tracker), tracker.sender_id)
 
 
 def latest_text(tracker: Tracker) -> str:
@@ -157,7 +162,7 @@ class PatientFormValidation(FormValidationAction):
     async def _recognise_sender(self, tracker: Tracker) -> List[EventType]:
         if tracker.get_slot(names.PATIENT_ID):
             return []
-        channel, sender = channel_of(tracker), tracker.sender_id
+        channel, sender = channel_of(tracker), address_of(tracker)
 
         def lookup(session: Session) -> Optional[int]:
             patient = patients.find_by_identity(session, channel, sender)
@@ -220,7 +225,7 @@ class PatientFormValidation(FormValidationAction):
             dispatcher.utter_message(response="utter_invalid_phone")
             return {names.ID_PHONE: None}
         name = tracker.get_slot(names.ID_NAME)
-        channel, sender = channel_of(tracker), tracker.sender_id
+        channel, sender = channel_of(tracker), address_of(tracker)
 
         def register(session: Session) -> tuple:
             patient, created = patients.match_or_register(session, name, phone)

@@ -12,7 +12,7 @@ from rasa_sdk.executor import CollectingDispatcher
 from rasa_sdk.types import DomainDict
 
 from actions import names
-from actions.common import channel_of, in_db, reset_form_slots
+from actions.common import address_of, channel_of, in_db, reset_form_slots
 from bot.crm import consent, escalations
 
 logger = logging.getLogger(__name__)
@@ -103,16 +103,30 @@ class OptOut(Action):
         return "action_opt_out"
 
     async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> List[EventType]:
-        patient_id = tracker.get_slot(names.PATIENT_ID)
-        channel, sender = channel_of(tracker), tracker.sender_id
-        await in_db(
-            lambda session: consent.set_consent(
-                session,
-                channel=channel,
-                external_id=sender,
-                opted_in=False,
-                patient_id=int(patient_id) if patient_id else None,
-            )
-        )
+        await _set_consent(tracker, opted_in=False)
         dispatcher.utter_message(response="utter_opted_out")
         return leave_form(tracker)
+
+
+class OptIn(Action):
+    def name(self) -> str:
+        return "action_opt_in"
+
+    async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> List[EventType]:
+        await _set_consent(tracker, opted_in=True)
+        dispatcher.utter_message(response="utter_opted_in")
+        return []
+
+
+async def _set_consent(tracker: Tracker, opted_in: bool) -> None:
+    patient_id = tracker.get_slot(names.PATIENT_ID)
+    channel, address = channel_of(tracker), address_of(tracker)
+    await in_db(
+        lambda session: consent.set_consent(
+            session,
+            channel=channel,
+            external_id=address,
+            opted_in=opted_in,
+            patient_id=int(patient_id) if patient_id else None,
+        )
+    )

@@ -72,6 +72,14 @@ FLOW_INTENTS = {
     QUERY_FORM: "query_appointment",
 }
 # Intents that interrupt any form; rules answer them (and resume or leave the form).
-DIGRESSION_INTENTS = {"ask_hospital_info", "request_human", "complain", "opt_out", EMERGENCY}
+DIGRESSION_INTENTS = {
+    "ask_hospital_info",
+    "request_human",
+    "complain",
+    "opt_out",
+    EMERGENCY,
+    "share_media",  # a picture sent mid-form is acknowledged, then the form asks again
+    "voice_unrecognized",
+}
 # Below this NLU confidence a message inside a form is read as an answer, not as a digression.
 DIGRESSION_CONFIDENCE = 0.7

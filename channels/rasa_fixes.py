@@ -5,6 +5,10 @@ Imported by channels/__init__.py, so every `rasa run` that loads our channels or
 - RemoteAction validated each action-server response with `jsonschema.validate()`, which checks the schema
   itself and builds a new validator on every call: 58% of the Rasa server's CPU on a booking turn (py-spy,
   8 concurrent senders). The response is still validated, against a validator compiled once.
+- A conversation records the channel a patient writes on as `wechat`, `sms` or `voice` (what identities and
+  consent are keyed by), while the Twilio input channels are named `twilio_sms` and `twilio_voice` (their
+  webhook paths). `trigger_intent?output_channel=latest` (or `=sms`) looks channels up by name, so it found
+  none and collected the answer instead of sending it: the lookup now follows these aliases.
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ import jsonschema
 from jsonschema.exceptions import best_match
 from rasa.core.actions.action import RemoteAction
 from rasa.shared.constants import DOCS_BASE_URL
+
+# conversation channel -> the name of the input channel that can send on it
+OUTPUT_CHANNEL_ALIASES = {"sms": "twilio_sms", "voice": "twilio_voice"}
 
 
 @lru_cache(maxsize=1)
@@ -38,5 +45,26 @@ def _validate_action_result(self: RemoteAction, result: Dict[str, Any]) -> bool:
     return True
 
 
+def _with_channel_aliases(original: Any) -> Any:
+    def get_output_channel(request: Any, tracker: Any) -> Any:
+        requested = request.args.get("output_channel")
+        if requested == "latest" and tracker is not None:
+            requested = tracker.get_latest_input_channel()
+        alias = OUTPUT_CHANNEL_ALIASES.get(requested or "")
+        channels = getattr(request.app.ctx, "input_channels", None) or []
+        if alias and not any(channel.name() == requested for channel in channels):
+            for channel in channels:
+                if channel.name() == alias:
+                    return channel.get_output_channel() or original(request, tracker)
+        return original(request, tracker)
+
+    get_output_channel.__wrapped__ = original  # type: ignore[attr-defined]
+    return get_output_channel
+
+
 def apply() -> None:
     RemoteAction._validate_action_result = _validate_action_result  # type: ignore[method-assign]
+    import rasa.server
+
+    if not hasattr(rasa.server._get_output_channel, "__wrapped__"):
+        rasa.server._get_output_channel = _with_channel_aliases(rasa.server._get_output_channel)

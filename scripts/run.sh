@@ -5,12 +5,23 @@ cd "$(dirname "$0")/.."
 
 RASA_PORT=${RASA_PORT:-5005}
 ACTIONS_PORT=${ACTIONS_PORT:-5055}
+SANDBOX_PORT=${SANDBOX_PORT:-5099}
 mkdir -p var/log
+
+# Without real provider settings every channel talks to the local sandbox (WeChat and Twilio APIs on
+# loopback); a deployment that sets SANDBOX_URL to something else, or "off", runs without it.
+export SANDBOX_URL=${SANDBOX_URL:-http://127.0.0.1:${SANDBOX_PORT}}
+export PUBLIC_BASE_URL=${PUBLIC_BASE_URL:-http://127.0.0.1:${RASA_PORT}}
 
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
+if [ "$SANDBOX_URL" = "http://127.0.0.1:${SANDBOX_PORT}" ]; then
+  .venv/bin/python -m sandbox --port "$SANDBOX_PORT" --bot-url "http://127.0.0.1:${RASA_PORT}" >var/log/sandbox.log 2>&1 &
+  pids+=($!)
+  with_sandbox=1
+fi
 .venv/bin/rasa run actions --port "$ACTIONS_PORT" --actions actions >var/log/actions.log 2>&1 &
 pids+=($!)
 .venv/bin/rasa run --model models/current.tar.gz --port "$RASA_PORT" --interface 127.0.0.1 \
@@ -24,6 +35,9 @@ for _ in $(seq 1 180); do
     echo
     echo "  Web chat:  http://127.0.0.1:${RASA_PORT}/webhooks/webchat/"
     echo "  REST API:  POST http://127.0.0.1:${RASA_PORT}/webhooks/rest/webhook"
+    if [ -n "${with_sandbox:-}" ]; then
+      echo "  Sandbox:   http://127.0.0.1:${SANDBOX_PORT}/   (write as a WeChat or SMS patient; see what each patient received)"
+    fi
     echo
     echo "Press Ctrl-C to stop."
     wait -n "${pids[@]}"

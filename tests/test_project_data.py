@@ -16,7 +16,15 @@ UNUSED = re.compile(r"The utterance '(utter_\w+)' is not used in any story or ru
 NO_EXAMPLES = re.compile(r"The intent '(\w+)' is listed in the domain file, but is not found in the NLU training data")
 # Intents that never come from the classifier: the red-flag detector sets `emergency`, trigger_intent sends
 # EXTERNAL_start_survey.
-INTENTS_WITHOUT_EXAMPLES = {"emergency", "EXTERNAL_start_survey"}
+INTENTS_WITHOUT_EXAMPLES = {
+    "emergency",
+    "EXTERNAL_start_survey",
+    # sent by the channels as /intent payloads (WeChat events, menu clicks, media)
+    "subscribed",
+    "share_media",
+    "voice_unrecognized",
+    "start_triage",
+}
 
 
 def _domain_responses() -> set:

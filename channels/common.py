@@ -1,0 +1,120 @@
+"""What the WeChat, SMS and voice channels share: dropping provider retries, numbered choices, merging the
+bot's messages into one, masking addresses for logs, and reading form bodies the way Twilio signs them.
+
+State lives in `bot.kv` (Redis when `REDIS_URL` is set), so several Rasa processes agree on it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+from urllib.parse import parse_qsl
+
+from bot.kv import KeyValueStore, get_store
+from bot.outbound.providers import Choice, OutboundMessage, numbered_text
+
+SEEN_TTL = 24 * 3600.0  # providers retry within minutes; a day is generous and bounded
+CHOICES_TTL = 24 * 3600.0
+_DIGITS = str.maketrans("０１２３４５６７８９", "0123456789")
+_CHOICE_REPLY = re.compile(r"^\s*(?:第|选)?\s*(\d{1,2})\s*(?:个|号|项)?\s*[。.!！]?\s*$")
+
+
+class Deduplicator:
+    """Remembers which provider message ids were handled, so a retry is answered without a second turn."""
+
+    def __init__(self, namespace: str, store: Optional[KeyValueStore] = None, ttl: float = SEEN_TTL) -> None:
+        self.namespace = namespace
+        self.ttl = ttl
+        self._store = store
+
+    @property
+    def store(self) -> KeyValueStore:
+        return self._store or get_store()
+
+    def first_time(self, message_key: str) -> bool:
+        """True exactly once per key across every process sharing the store."""
+        return self.store.add(f"seen:{self.namespace}:{message_key}", "processing", self.ttl)
+
+    def remember_reply(self, message_key: str, reply: str) -> None:
+        """Keep the answer given to a message, for a retry that arrives after it (the first answer was lost)."""
+        self.store.set(f"seen:{self.namespace}:{message_key}", "reply:" + reply, self.ttl)
+
+    def reply_for(self, message_key: str) -> Optional[str]:
+        value = self.store.get(f"seen:{self.namespace}:{message_key}")
+        return value[len("reply:") :] if value and value.startswith("reply:") else None
+
+
+def choices_of(messages: Sequence[Dict[str, Any]]) -> List[Choice]:
+    """The buttons of the bot's messages (of the last message that has any: those are the open question)."""
+    for message in reversed(messages):
+        buttons = message.get("buttons") or []
+        if buttons:
+            return [Choice(str(b.get("title", "")), str(b.get("payload", ""))) for b in buttons if b.get("title")]
+    return []
+
+
+def merge_messages(messages: Sequence[Dict[str, Any]]) -> OutboundMessage:
+    """Several bot messages as one text, the open question's buttons as numbered choices at the end."""
+    texts = [str(m.get("text")).strip() for m in messages if m.get("text")]
+    texts += [str(m["image"]) for m in messages if m.get("image")]
+    custom = [m.get("custom") for m in messages if isinstance(m.get("custom"), dict)]
+    texts += [str(c.get("text")) for c in custom if c.get("text")]
+    return OutboundMessage(text="\n".join(t for t in texts if t), choices=tuple(choices_of(messages)))
+
+
+def render(messages: Sequence[Dict[str, Any]]) -> str:
+    return numbered_text(merge_messages(messages))
+
+
+class ChoiceMemory:
+    """The numbered choices last shown to a conversation, so that a reply of '1' means the first button."""
+
+    def __init__(self, namespace: str, store: Optional[KeyValueStore] = None) -> None:
+        self.namespace = namespace
+        self._store = store
+
+    @property
+    def store(self) -> KeyValueStore:
+        return self._store or get_store()
+
+    def remember(self, sender_id: str, choices: Iterable[Choice]) -> None:
+        payloads = [choice.payload for choice in choices]
+        key = f"choices:{self.namespace}:{sender_id}"
+        if payloads:
+            self.store.set(key, json.dumps(payloads, ensure_ascii=False), CHOICES_TTL)
+        else:
+            self.store.delete(key)
+
+    def resolve(self, sender_id: str, text: str) -> Optional[str]:
+        """The payload of the chosen button when `text` is a number among the last choices, else None.
+        A choice is used once: the next message is read as text again."""
+        match = _CHOICE_REPLY.match((text or "").translate(_DIGITS))
+        if not match:
+            return None
+        key = f"choices:{self.namespace}:{sender_id}"
+        stored = self.store.get(key)
+        if not stored:
+            return None
+        payloads = json.loads(stored)
+        index = int(match.group(1)) - 1
+        if not 0 <= index < len(payloads):
+            return None
+        self.store.delete(key)
+        return payloads[index] or None
+
+
+def mask(address: str) -> str:
+    """An address for logs: '+8613800138000' -> '+86*******8000', an openid -> 'oAbC…xYz9'."""
+    if not address:
+        return "-"
+    if address.startswith("+") or address.isdigit():
+        return address[:3] + "*" * max(0, len(address) - 7) + address[-4:]
+    return address[:4] + "…" + address[-4:] if len(address) > 10 else "****"
+
+
+def parse_form(body: bytes) -> Dict[str, str]:
+    """A form body with blank fields kept (Twilio signs `FromCity=` too; Sanic's request.form drops it).
+    Raises ValueError on bytes that are not UTF-8."""
+    text = body.decode("utf-8")
+    return dict(parse_qsl(text, keep_blank_values=True))

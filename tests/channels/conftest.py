@@ -1,0 +1,1 @@
+"""Channel tests use `providers_env` and `sandbox` from tests/conftest.py."""
