@@ -102,7 +102,10 @@ class RedisStore(KeyValueStore):
     def __init__(self, url: str, prefix: str = "hospital:") -> None:
         import redis
 
-        self._redis = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30)
+        # Short timeouts: channels call this inline while a provider waits for the webhook's answer.
+        self._redis = redis.Redis.from_url(
+            url, socket_timeout=0.5, socket_connect_timeout=0.5, health_check_interval=30
+        )
         self._prefix = prefix
 
     def add(self, key: str, value: str, ttl: float) -> bool:

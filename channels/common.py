@@ -6,13 +6,17 @@ State lives in `bot.kv` (Redis when `REDIS_URL` is set), so several Rasa process
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import re
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 from urllib.parse import parse_qsl
 
 from bot.kv import KeyValueStore, get_store
 from bot.outbound.providers import Choice, OutboundMessage, numbered_text
+
+logger = logging.getLogger(__name__)
 
 SEEN_TTL = 24 * 3600.0  # providers retry within minutes; a day is generous and bounded
 CHOICES_TTL = 24 * 3600.0
@@ -33,15 +37,32 @@ class Deduplicator:
         return self._store or get_store()
 
     def first_time(self, message_key: str) -> bool:
-        """True exactly once per key across every process sharing the store."""
-        return self.store.add(f"seen:{self.namespace}:{message_key}", "processing", self.ttl)
+        """True exactly once per key across every process sharing the store.
+
+        Fails open: when the store cannot be reached the message is handled (a rare duplicate answer beats a
+        lost patient message), and the error is logged."""
+        try:
+            return self.store.add(f"seen:{self.namespace}:{message_key}", "processing", self.ttl)
+        except Exception as error:  # redis.ConnectionError, TimeoutError...
+            logger.warning(
+                "%s: seen-message store unavailable (%s): handling the message anyway",
+                self.namespace,
+                type(error).__name__,
+            )
+            return True
 
     def remember_reply(self, message_key: str, reply: str) -> None:
         """Keep the answer given to a message, for a retry that arrives after it (the first answer was lost)."""
-        self.store.set(f"seen:{self.namespace}:{message_key}", "reply:" + reply, self.ttl)
+        try:
+            self.store.set(f"seen:{self.namespace}:{message_key}", "reply:" + reply, self.ttl)
+        except Exception as error:
+            logger.warning("%s: could not keep a reply (%s)", self.namespace, type(error).__name__)
 
     def reply_for(self, message_key: str) -> Optional[str]:
-        value = self.store.get(f"seen:{self.namespace}:{message_key}")
+        try:
+            value = self.store.get(f"seen:{self.namespace}:{message_key}")
+        except Exception:
+            return None
         return value[len("reply:") :] if value and value.startswith("reply:") else None
 
 
@@ -81,10 +102,13 @@ class ChoiceMemory:
     def remember(self, sender_id: str, choices: Iterable[Choice]) -> None:
         payloads = [choice.payload for choice in choices]
         key = f"choices:{self.namespace}:{sender_id}"
-        if payloads:
-            self.store.set(key, json.dumps(payloads, ensure_ascii=False), CHOICES_TTL)
-        else:
-            self.store.delete(key)
+        try:
+            if payloads:
+                self.store.set(key, json.dumps(payloads, ensure_ascii=False), CHOICES_TTL)
+            else:
+                self.store.delete(key)
+        except Exception as error:  # the patient can still answer in words
+            logger.warning("%s: could not keep the choices shown (%s)", self.namespace, type(error).__name__)
 
     def resolve(self, sender_id: str, text: str) -> Optional[str]:
         """The payload of the chosen button when `text` is a number among the last choices, else None.
@@ -93,14 +117,24 @@ class ChoiceMemory:
         if not match:
             return None
         key = f"choices:{self.namespace}:{sender_id}"
-        stored = self.store.get(key)
+        try:
+            stored = self.store.get(key)
+        except Exception as error:
+            logger.warning(
+                "%s: choices unavailable (%s): reading '%s' as text",
+                self.namespace,
+                type(error).__name__,
+                match.group(1),
+            )
+            return None
         if not stored:
             return None
         payloads = json.loads(stored)
         index = int(match.group(1)) - 1
         if not 0 <= index < len(payloads):
             return None
-        self.store.delete(key)
+        with contextlib.suppress(Exception):  # at worst the same number picks the same choice again
+            self.store.delete(key)
         return payloads[index] or None
 
 

@@ -43,7 +43,7 @@ from bot.kv import KeyValueStore, get_store
 from bot.outbound import Choice, OutboundMessage, record_status
 from bot.outbound.providers import split_text
 from channels.common import ChoiceMemory, mask, merge_messages
-from channels.twilio_sms import (
+from channels.twilio_common import (
     OnNewMessage,
     TwilioWebhookAuth,
     WebhookRejected,

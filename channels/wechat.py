@@ -1,7 +1,7 @@
 """WeChat official account channel: signed (plain or AES safe mode) XML in, an answer within WeChat's limit out.
 
 WeChat waits 5 s for the webhook and tries 3 times. The channel drops repeats (`MsgId`; events by sender,
-CreateTime and event) in the shared store, then gives the bot `passive_deadline` seconds (4 by default): a
+CreateTime and event) in the shared store, then gives the bot `passive_deadline` seconds (0.8 by default): a
 fast answer goes back in the HTTP response (a passive reply, encrypted only when the request was); a slow one
 gets `success` at once and the answer follows through the customer-service message API (`bot.outbound`),
 which falls back to a template or subscription message outside the 48-hour window.
@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -45,6 +46,8 @@ Handler = Callable[[UserMessage], Awaitable[Any]]
 MAX_BODY_BYTES = 64 * 1024  # WeChat's messages are a few hundred bytes; anything this big is not WeChat
 MAX_CLOCK_SKEW = 600  # seconds; a signed request older than this is a replay
 WECHAT_MENU_FILE = DATA_DIR / "channels" / "wechat.yml"
+# Turns in flight above which a message is acknowledged at once and answered through the customer-service API.
+PASSIVE_MAX_INFLIGHT = int(os.environ.get("WECHAT_PASSIVE_MAX_INFLIGHT", "12"))
 MEDIA_TYPES = {"image", "voice", "video", "shortvideo", "location", "link"}
 
 
@@ -176,7 +179,7 @@ async def deliver(openid: str, messages: List[Dict[str, Any]], choices: ChoiceMe
     except Undeliverable as error:
         logger.warning("wechat: answer to %s not delivered: %s", mask(openid), error.attempts[-1].outcome)
         return
-    await loop.run_in_executor(None, choices.remember, openid, outbound.choices)
+    choices.remember(openid, outbound.choices)
 
 
 class WeChatInput(InputChannel):
@@ -199,6 +202,7 @@ class WeChatInput(InputChannel):
         self.seen = Deduplicator("wechat")
         self.choices = ChoiceMemory("wechat")
         self._background: Set[asyncio.Task] = set()
+        self._inflight = 0  # turns this process is running for WeChat
 
     def get_output_channel(self) -> OutputChannel:
         return WeChatOutput(self.choices)
@@ -322,9 +326,10 @@ class WeChatInput(InputChannel):
         on_new_message: Handler,
     ) -> HTTPResponse:
         loop = asyncio.get_running_loop()
-        first = await loop.run_in_executor(None, self.seen.first_time, inbound.dedupe_key)
-        if not first:
-            cached = await loop.run_in_executor(None, self.seen.reply_for, inbound.dedupe_key)
+        # Called inline, not on a thread: one loopback round trip (Redis) or a dict lookup is cheaper than a
+        # thread hop that queues behind the loop's other work while WeChat waits; the store's timeout is short.
+        if not self.seen.first_time(inbound.dedupe_key):
+            cached = self.seen.reply_for(inbound.dedupe_key)
             logger.info("wechat: dropped a repeat of %s from %s", inbound.dedupe_key, mask(inbound.openid))
             return self._xml_or_success(self.passive_reply(inbound, cached, args, safe) if cached else None)
         if inbound.opt_out:
@@ -335,12 +340,16 @@ class WeChatInput(InputChannel):
 
         collector = CollectingOutputChannel()
         turn = asyncio.ensure_future(self._run_turns(inbound, collector, on_new_message))
-        done, _ = await asyncio.wait({turn}, timeout=self.settings.passive_deadline)
+        self._inflight += 1
+        turn.add_done_callback(self._turn_done)
+        # Under load, hold no connection: with many turns in flight the answer would miss the deadline anyway.
+        deadline = self.settings.passive_deadline if self._inflight <= PASSIVE_MAX_INFLIGHT else 0.0
+        done, _ = await asyncio.wait({turn}, timeout=deadline) if deadline else (set(), None)
         if turn in done and not turn.exception():
             outbound = merge_messages(collector.messages)
             text = numbered_text(outbound)
             if text and len(text) <= WECHAT_TEXT_LIMIT:
-                await loop.run_in_executor(None, self._after_passive, inbound, outbound, text)
+                self._after_passive(inbound, outbound, text)
                 return self._xml_or_success(self.passive_reply(inbound, text, args, safe))
         # Slow, long or failed: acknowledge now; the answer follows through the customer-service API.
         self._keep(asyncio.ensure_future(self._push_when_done(inbound, turn, collector)))
@@ -353,7 +362,7 @@ class WeChatInput(InputChannel):
         on_new_message: Handler,
     ) -> None:
         for text in inbound.texts:
-            chosen = await asyncio.get_running_loop().run_in_executor(None, self.choices.resolve, inbound.openid, text)
+            chosen = self.choices.resolve(inbound.openid, text)  # inline, like the seen-message check
             user_message = UserMessage(
                 chosen or text, collector, inbound.openid, input_channel=self.name(), metadata=inbound.metadata
             )
@@ -370,6 +379,9 @@ class WeChatInput(InputChannel):
             logger.exception("wechat: the bot failed on a message from %s", mask(inbound.openid))
             return
         await deliver(inbound.openid, collector.messages, self.choices)
+
+    def _turn_done(self, _turn: asyncio.Future) -> None:
+        self._inflight -= 1
 
     def _keep(self, task: asyncio.Future) -> None:
         self._background.add(task)  # type: ignore[arg-type]

@@ -36,3 +36,17 @@ def test_a_malformed_action_server_response_is_refused_with_rasas_message(respon
     with pytest.raises(ValidationError) as refused:
         action._validate_action_result(response)
     assert "Failed to validate Action server response" in refused.value.message
+
+
+def test_event_types_resolve_as_in_rasa_with_the_table() -> None:
+    from rasa.shared.core.events import ActionExecuted, Event, SlotSet, UserUttered
+
+    assert Event.resolve_by_type("user") is UserUttered
+    assert Event.resolve_by_type("slot") is SlotSet
+    assert Event.resolve_by_type("action") is ActionExecuted
+    assert Event.resolve_by_type("topic") is None
+    assert Event.resolve_by_type("no_such_event", default=SlotSet) is SlotSet
+    with pytest.raises(ValueError, match="Unknown event name 'no_such_event'"):
+        Event.resolve_by_type("no_such_event")
+    stored = Event.from_parameters({"event": "user", "text": "你好", "parse_data": {"intent": {"name": "greet"}}})
+    assert isinstance(stored, UserUttered) and stored.text == "你好"

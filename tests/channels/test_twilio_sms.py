@@ -18,7 +18,8 @@ import requests
 from bot.crm.models import DeliveryStatus
 from bot.outbound import OutboundMessage
 from bot.outbound.providers import SMS_SEGMENT_LIMIT
-from channels.twilio_sms import EMPTY_TWIML, MAX_BODY_BYTES, TwilioSmsInput
+from channels.twilio_common import MAX_BODY_BYTES
+from channels.twilio_sms import EMPTY_TWIML, TwilioSmsInput
 from sandbox.patient import twilio_signature, twilio_sms_form
 from tests.channels.twilio_helpers import (
     FORM_HEADERS,
