@@ -34,6 +34,7 @@ from bot.crm import booking, patients
 from bot.crm.booking import AppointmentView, SlotOffer
 from bot.crm.models import Patient
 from bot.errors import AppointmentNotFound, DuplicateBooking, InvalidName, InvalidPhone, SlotInPast, SlotTaken
+from scheduler import plans
 
 logger = logging.getLogger(__name__)
 
@@ -414,6 +415,7 @@ class BookAppointment(Action):
                 return "duplicate", {"summary": _appointment_summary(view) if view else ""}
             except (SlotTaken, SlotInPast):
                 return "taken", {}
+            plans.follow_appointment(session, appointment.id)  # reminders 24 h and 2 h before
             view = booking.appointment_view(session, appointment.id)
             return "booked", {"view": view}
 
@@ -557,6 +559,7 @@ class CancelAppointment(Action):
                 booking.cancel_appointment(session, appointment_id=int(appointment_id), patient_ids=[patient_id])
             except AppointmentNotFound:
                 return None
+            plans.stop_following_appointment(session, int(appointment_id))
             return view
 
         view = await in_db(cancel)
@@ -598,6 +601,8 @@ class RescheduleAppointment(Action):
                 return "taken", None
             except DuplicateBooking as exc:
                 return "duplicate", booking.appointment_view(session, exc.existing_appointment_id)
+            plans.stop_following_appointment(session, int(appointment_id))
+            plans.follow_appointment(session, new.id)
             return "moved", booking.appointment_view(session, new.id)
 
         outcome, view = await in_db(move)

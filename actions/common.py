@@ -56,6 +56,20 @@ def address_of(tracker: Tracker) -> str:
     return addresses.address_of(channel_of(tracker), tracker.sender_id)
 
 
+async def known_patient_id(tracker: Tracker) -> Optional[int]:
+    """The patient writing: from the conversation's slot, else from the channel identity linked earlier."""
+    slot = tracker.get_slot(names.PATIENT_ID)
+    if slot:
+        return int(slot)
+    channel, address = channel_of(tracker), address_of(tracker)
+
+    def lookup(session: Session) -> Optional[int]:
+        patient = patients.find_by_identity(session, channel, address)
+        return patient.id if patient else None
+
+    return await in_db(lookup)
+
+
 def latest_text(tracker: Tracker) -> str:
     return (tracker.latest_message.get("text") or "").strip()
 

@@ -80,6 +80,10 @@ DIGRESSION_INTENTS = {
     EMERGENCY,
     "share_media",  # a picture sent mid-form is acknowledged, then the form asks again
     "voice_unrecognized",
+    # a scheduled reminder arriving mid-form is said, not read as the patient's answer
+    "EXTERNAL_medication_reminder",
+    "EXTERNAL_measurement_request",
+    "EXTERNAL_revisit_reminder",
 }
 # Below this NLU confidence a message inside a form is read as an answer, not as a digression.
 DIGRESSION_CONFIDENCE = 0.7

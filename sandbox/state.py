@@ -254,6 +254,14 @@ class SandboxState:
         self.token_fetches = 0
         self.stable_token_fetches = 0
         self.clock_offset = 0.0
+        self.media: Dict[str, Tuple[str, bytes]] = {}
+
+    def add_media(self, media_type: str, content: bytes) -> str:
+        """Keep an uploaded file (temporary media) and return its media id."""
+        with self._lock:
+            media_id = f"sandbox_media_{next(self._ids)}"
+            self.media[media_id] = (media_type, content)
+            return media_id
 
     def reset(self) -> None:
         with self._lock:

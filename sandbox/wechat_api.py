@@ -309,6 +309,34 @@ CUSTOM_BODIES = {
 # Users and everything else ---------------------------------------------------------------------------------
 
 
+MEDIA_LIMITS = {"image": 10 * 1024 * 1024, "voice": 2 * 1024 * 1024, "thumb": 64 * 1024}
+
+
+async def media_upload(request: web.Request) -> web.Response:
+    """POST /cgi-bin/media/upload?type=image (multipart field `media`): a temporary media id, as WeChat gives.
+    The size limits are WeChat's; a PNG/JPEG check stands in for its format check."""
+    gate = _gate(request)
+    if gate is not None:
+        return gate.response
+    media_type = request.query.get("type", "")
+    if media_type not in MEDIA_LIMITS:
+        return errcode_response(40004, f"invalid media type {media_type!r}")
+    try:
+        form = await request.post()
+    except ValueError:
+        return errcode_response(41005, "media data missing")
+    field = form.get("media")
+    content = field.file.read() if hasattr(field, "file") else b""
+    if not content:
+        return errcode_response(41005, "media data missing")
+    if len(content) > MEDIA_LIMITS[media_type]:
+        return errcode_response(40006, "invalid meida size")
+    if media_type == "image" and not content.startswith((b"\x89PNG", b"\xff\xd8")):
+        return errcode_response(40005, "invalid file type")
+    media_id = request.app[STATE].add_media(media_type, content)
+    return web.json_response({"type": media_type, "media_id": media_id, "created_at": int(request.app[STATE].now())})
+
+
 async def user_info(request: web.Request) -> web.Response:
     """GET /cgi-bin/user/info: a plausible profile; `{"subscribe": 0}` only once the patient unfollowed."""
     gate = _gate(request)
@@ -358,4 +386,5 @@ def add_routes(app: web.Application, prefix: str = "/wechat/cgi-bin") -> None:
     app.router.add_post(f"{prefix}/message/template/send", template_send)
     app.router.add_post(f"{prefix}/message/subscribe/bizsend", subscribe_send)
     app.router.add_get(f"{prefix}/user/info", user_info)
+    app.router.add_post(f"{prefix}/media/upload", media_upload)
     app.router.add_route("*", prefix + "/{tail:.*}", unsupported)

@@ -22,6 +22,9 @@ if [ "$SANDBOX_URL" = "http://127.0.0.1:${SANDBOX_PORT}" ]; then
   pids+=($!)
   with_sandbox=1
 fi
+RASA_URL="http://127.0.0.1:${RASA_PORT}" SCHEDULER_PORT=${SCHEDULER_PORT:-5077} \
+  .venv/bin/python -m scheduler >var/log/scheduler.log 2>&1 &
+pids+=($!)
 .venv/bin/rasa run actions --port "$ACTIONS_PORT" --actions actions >var/log/actions.log 2>&1 &
 pids+=($!)
 .venv/bin/rasa run --model models/current.tar.gz --port "$RASA_PORT" --interface 127.0.0.1 \
@@ -35,6 +38,7 @@ for _ in $(seq 1 180); do
     echo
     echo "  Web chat:  http://127.0.0.1:${RASA_PORT}/webhooks/webchat/"
     echo "  REST API:  POST http://127.0.0.1:${RASA_PORT}/webhooks/rest/webhook"
+    echo "  Scheduler: http://127.0.0.1:${SCHEDULER_PORT:-5077}/health   (care-plan reminders; see README)"
     if [ -n "${with_sandbox:-}" ]; then
       echo "  Sandbox:   http://127.0.0.1:${SANDBOX_PORT}/   (write as a WeChat or SMS patient; see what each patient received)"
     fi

@@ -131,6 +131,19 @@ def crm_url(request: pytest.FixtureRequest) -> str:
     return migrate_and_seed(url)
 
 
+@pytest.fixture
+def crm(crm_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Point bot.db's default engine (what actions use) at the test database."""
+    from bot import config, db
+
+    monkeypatch.setenv("DATABASE_URL", crm_url)
+    for cached in (config.get_settings, db.get_engine, db.get_session_factory):
+        cached.cache_clear()
+    yield crm_url
+    for cached in (config.get_settings, db.get_engine, db.get_session_factory):
+        cached.cache_clear()
+
+
 # ----------------------------------------------------------------------------------------------
 # the action server, shared by the in-process agent (tests/dialogue) and the Rasa server (tests/e2e)
 # ----------------------------------------------------------------------------------------------

@@ -24,6 +24,10 @@ INTENTS_WITHOUT_EXAMPLES = {
     "share_media",
     "voice_unrecognized",
     "start_triage",
+    # sent by the scheduler through trigger_intent
+    "EXTERNAL_medication_reminder",
+    "EXTERNAL_measurement_request",
+    "EXTERNAL_revisit_reminder",
 }
 
 

@@ -20,6 +20,9 @@ PRIORITY = {
     "complaint": 3,
     "repeated_fallback": 3,
     "survey_detractor": 3,
+    "abnormal_reading": 2,  # a reading in the urgent range (level 3), sent in chat
+    "missed_medication": 2,  # three days in a row without a confirmed dose
+    "missing_reading": 3,  # a care plan's readings stopped coming
 }
 
 

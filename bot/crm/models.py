@@ -12,6 +12,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     Column,
+    Date,
     DateTime,
     Enum,
     ForeignKey,
@@ -65,6 +66,17 @@ class DeliveryStatus(str, enum.Enum):
     SKIPPED = "skipped"  # not attempted: no consent, or no identity on that channel
 
 
+class OutboxStatus(str, enum.Enum):
+    """Where a scheduled push stands. `pending` rows are claimed by a dispatcher when due."""
+
+    PENDING = "pending"  # waiting for due_at / next_attempt_at
+    SENDING = "sending"  # claimed by a dispatcher until claim_expires_at (then claimable again)
+    SENT = "sent"
+    FAILED = "failed"  # gave up after the retries; last_error says why
+    SKIPPED = "skipped"  # not sent on purpose: opted out, plan ended, nothing to say
+    CANCELLED = "cancelled"  # the plan or appointment was cancelled
+
+
 class SurveyStatus(str, enum.Enum):
     IN_PROGRESS = "in_progress"
     PAUSED = "paused"  # the patient will go on later (暂停); the next trigger or 继续问卷 resumes it
@@ -95,6 +107,7 @@ class Patient(Base):
     phone = Column(String(20), nullable=False, index=True)  # E.164, e.g. +8613800138000
     locale = Column(String(16), nullable=False, default="zh_CN")
     timezone = Column(String(40), nullable=False, default="Asia/Shanghai")
+    birth_date = Column(Date, nullable=True)  # birthday greetings, age-aware triage
     created_at = Column(DateTime, nullable=False, default=utcnow)
 
     identities = relationship("ChannelIdentity", back_populates="patient", cascade="all, delete-orphan")
@@ -331,3 +344,107 @@ class Delivery(Base):
     fallback_of_id = Column(Integer, ForeignKey("deliveries.id", ondelete="SET NULL"), nullable=True)
     created_at = Column(DateTime, nullable=False, default=utcnow)
     updated_at = Column(DateTime, nullable=False, default=utcnow, onupdate=utcnow)
+
+
+class CarePlan(Base):
+    """One patient enrolled in one care-plan template (data/care_plans/), anchored at a time (a discharge, an
+    appointment, a prescription's start). `params` holds what the template needs (drug, dose times...)."""
+
+    __tablename__ = "care_plans"
+    __table_args__ = (UniqueConstraint("patient_id", "template", "source_ref", name="uq_care_plans_source"),)
+
+    id = Column(Integer, primary_key=True)
+    patient_id = Column(Integer, ForeignKey("patients.id", ondelete="CASCADE"), nullable=False, index=True)
+    template = Column(String(40), nullable=False)
+    anchor_at = Column(DateTime, nullable=False)  # UTC
+    source = Column(String(24), nullable=False, default="manual")  # discharge, appointment, prescription, import
+    source_ref = Column(String(64), nullable=False, default="")  # the record it came from, for idempotent imports
+    params = Column(JSON, nullable=False, default=dict)
+    active = Column(Boolean, nullable=False, default=True)
+    expanded_until = Column(DateTime, nullable=True)  # outbox rows exist up to here (UTC)
+    created_at = Column(DateTime, nullable=False, default=utcnow)
+
+
+class OutboxMessage(Base):
+    """A push due at a time. Enrolment writes these ahead; dispatchers claim due rows, send through
+    bot.outbound (or Rasa's trigger_intent) and record the outcome. `idempotency_key` makes expansion safe to
+    repeat and makes two schedulers agree on what exists."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        UniqueConstraint("idempotency_key", name="uq_outbox_idempotency"),
+        Index("ix_outbox_due", "status", "next_attempt_at"),
+        Index("ix_outbox_patient", "patient_id", "due_at"),
+    )
+
+    id = Column(Integer, primary_key=True)
+    patient_id = Column(Integer, ForeignKey("patients.id", ondelete="CASCADE"), nullable=False)
+    plan_id = Column(Integer, ForeignKey("care_plans.id", ondelete="CASCADE"), nullable=True, index=True)
+    step = Column(String(40), nullable=False, default="")
+    message = Column(String(64), nullable=False)  # catalog entry (bot/locale)
+    params = Column(JSON, nullable=False, default=dict)
+    conversation = Column(JSON, nullable=True)  # {"intent", "entities"}: pushed through Rasa's trigger_intent
+    channel_policy = Column(String(40), nullable=False, default="wechat,sms,voice")
+    urgent = Column(Boolean, nullable=False, default=False)  # ignores quiet hours
+    due_at = Column(DateTime, nullable=False)  # UTC, when the plan wants it
+    next_attempt_at = Column(DateTime, nullable=False)  # UTC: due_at, or later (quiet hours, retries)
+    status = Column(_status_type(OutboxStatus, "outbox_status"), nullable=False, default=OutboxStatus.PENDING)
+    attempts = Column(Integer, nullable=False, default=0)
+    claimed_by = Column(String(64), nullable=True)
+    claim_expires_at = Column(DateTime, nullable=True)
+    delivery_id = Column(Integer, ForeignKey("deliveries.id", ondelete="SET NULL"), nullable=True)
+    channel = Column(String(16), nullable=True)  # the channel that took it
+    last_error = Column(String(255), nullable=True)
+    idempotency_key = Column(String(160), nullable=False)
+    created_at = Column(DateTime, nullable=False, default=utcnow)
+    sent_at = Column(DateTime, nullable=True)
+
+
+class Prescription(Base):
+    """A medication the patient takes at set local times (e.g. ["08:00", "20:00"])."""
+
+    __tablename__ = "prescriptions"
+    __table_args__ = (UniqueConstraint("patient_id", "source_ref", name="uq_prescriptions_source"),)
+
+    id = Column(Integer, primary_key=True)
+    patient_id = Column(Integer, ForeignKey("patients.id", ondelete="CASCADE"), nullable=False, index=True)
+    drug = Column(String(128), nullable=False)
+    dose = Column(String(64), nullable=False, default="")
+    times = Column(JSON, nullable=False, default=list)
+    start_date = Column(DateTime, nullable=False)  # UTC midnight of the local start day
+    end_date = Column(DateTime, nullable=True)
+    condition = Column(String(40), nullable=True)  # hypertension, diabetes: which plan it enrols in
+    source_ref = Column(String(64), nullable=False, default="")
+    created_at = Column(DateTime, nullable=False, default=utcnow)
+
+
+class MedicationDose(Base):
+    """One scheduled dose and what became of it: adherence is the share of doses taken."""
+
+    __tablename__ = "medication_doses"
+    __table_args__ = (UniqueConstraint("prescription_id", "scheduled_at", name="uq_doses_scheduled"),)
+
+    id = Column(Integer, primary_key=True)
+    prescription_id = Column(Integer, ForeignKey("prescriptions.id", ondelete="CASCADE"), nullable=False)
+    patient_id = Column(Integer, ForeignKey("patients.id", ondelete="CASCADE"), nullable=False, index=True)
+    scheduled_at = Column(DateTime, nullable=False)  # UTC
+    status = Column(String(16), nullable=False, default="due")  # due, taken, missed
+    taken_at = Column(DateTime, nullable=True)
+    reasked_at = Column(DateTime, nullable=True)
+
+
+class MeasurementReading(Base):
+    """A reading a patient reported (chat, import): blood pressure, glucose, heart rate, SpO2, weight..."""
+
+    __tablename__ = "readings"
+    __table_args__ = (Index("ix_readings_patient_kind", "patient_id", "kind", "taken_at"),)
+
+    id = Column(Integer, primary_key=True)
+    patient_id = Column(Integer, ForeignKey("patients.id", ondelete="CASCADE"), nullable=False)
+    kind = Column(String(24), nullable=False)  # blood_pressure, glucose, heart_rate, spo2, temperature, weight
+    value = Column(JSON, nullable=False)  # {"systolic": 150, "diastolic": 95} or {"value": 6.1}
+    unit = Column(String(16), nullable=False)
+    taken_at = Column(DateTime, nullable=False)  # UTC
+    source = Column(String(16), nullable=False, default="chat")
+    level = Column(Integer, nullable=True)  # triage urgency of the reading (1 most urgent), when judged
+    created_at = Column(DateTime, nullable=False, default=utcnow)

@@ -12,6 +12,7 @@ from bot.outbound.service import (
     DeliveryReport,
     Undeliverable,
     record_status,
+    send_image_to_patient,
     send_to_address,
     send_to_patient,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "Undeliverable",
     "get_providers",
     "record_status",
+    "send_image_to_patient",
     "send_to_address",
     "send_to_patient",
 ]

@@ -228,10 +228,31 @@ class WeChatProvider(Provider):
                 self._call("send_text", address, part)
             return result
         except ProviderError as error:
-            if error.code not in {str(code) for code in WECHAT_WINDOW_ERRORS} or result.provider_message_ids:
-                raise
+            window_closed = error.code in {str(code) for code in WECHAT_WINDOW_ERRORS}
+            has_notice = bool(self.settings.subscribe_template_id or self.settings.template_id)
+            if not window_closed or not has_notice or result.provider_message_ids:
+                raise  # no notice configured: the caller falls back to the next channel (SMS)
             note = f"customer-service window closed ({error.code})"
         return self._send_notice(address, message, note)
+
+    def send_image(self, address: str, png: bytes, caption: str) -> SendResult:
+        """A picture (a readings chart) as a temporary media upload and a customer-service image message, with its
+        caption as text first. Inside the 48-hour window only: images have no template fallback."""
+        import io
+
+        from wechatpy.exceptions import WeChatClientException
+
+        if caption:
+            self._call("send_text", address, caption)
+        try:
+            with self._lock:
+                uploaded = self.client.media.upload("image", ("chart.png", io.BytesIO(png), "image/png"))
+        except WeChatClientException as error:
+            raise ProviderError("wechat", str(error.errcode), str(error.errmsg or "")) from error
+        except OSError as error:
+            raise ProviderError("wechat", "network", type(error).__name__, retryable=True) from error
+        self._call("send_image", address, uploaded["media_id"])
+        return SendResult(kind="image", provider_message_ids=[str(uploaded["media_id"])])
 
     def _send_notice(self, address: str, message: OutboundMessage, note: str) -> SendResult:
         """Outside the window: a long-term subscription message when configured, else a template message."""

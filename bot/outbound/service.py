@@ -253,3 +253,29 @@ def record_status(provider_message_id: str, status: str, error_code: Optional[st
 def conversation_of(channel: str, address: str) -> str:
     """The Rasa conversation a reply to this delivery continues in."""
     return sender_id_for(channel, address)
+
+
+def send_image_to_patient(
+    patient_id: int, png: bytes, caption: str, *, providers: Optional[Providers] = None
+) -> DeliveryReport:
+    """A picture (a readings chart) on WeChat, the only channel here that carries one; recorded like any send.
+    Raises Undeliverable when the patient has no WeChat identity or WeChat refused (e.g. the window is closed)."""
+    with session_scope() as session:
+        openid = session.execute(
+            select(ChannelIdentity.external_id).where(
+                ChannelIdentity.patient_id == patient_id, ChannelIdentity.channel == "wechat"
+            )
+        ).scalar_one_or_none()
+    if openid is None:
+        raise Undeliverable(patient_id, [])
+    message = OutboundMessage(caption, purpose="nurse")
+    delivery_id = _new_row("wechat", openid, message, patient_id)
+    provider = (providers or get_providers()).get("wechat")
+    provider = getattr(provider, "inner", provider)  # a rate-limited wrapper: the WeChat provider inside
+    try:
+        result = provider.send_image(openid, png, caption)  # type: ignore[attr-defined]
+    except ProviderError as error:
+        _close_attempt(delivery_id, DeliveryStatus.FAILED, error_code=error.code, error=error.message)
+        raise Undeliverable(patient_id, [Attempt("wechat", delivery_id, DeliveryStatus.FAILED, error.code)]) from error
+    _close_attempt(delivery_id, DeliveryStatus.SENT, kind=result.kind, provider_message_id=result.provider_message_id)
+    return DeliveryReport(patient_id, "wechat", result.kind, delivery_id, [])

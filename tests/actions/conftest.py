@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, List, Optional
 
 import pytest
 import yaml
@@ -11,19 +11,6 @@ from rasa_sdk import Tracker
 from rasa_sdk.executor import CollectingDispatcher
 
 from tests.conftest import PROJECT_ROOT
-
-
-@pytest.fixture
-def crm(crm_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Point bot.db's default engine (what actions use) at the test database."""
-    from bot import config, db
-
-    monkeypatch.setenv("DATABASE_URL", crm_url)
-    for cached in (config.get_settings, db.get_engine, db.get_session_factory):
-        cached.cache_clear()
-    yield crm_url
-    for cached in (config.get_settings, db.get_engine, db.get_session_factory):
-        cached.cache_clear()
 
 
 @pytest.fixture(scope="session")

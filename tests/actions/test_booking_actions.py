@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from sqlalchemy import select
+from zoneinfo import ZoneInfo
 
 from actions.booking import (
     AskSlotChoice,
@@ -121,3 +124,36 @@ def test_patient_who_stopped_is_told_nothing_and_nothing_changes(crm, domain) ->
         assert messages == []
     with session_scope(crm) as session:
         assert session.get(Appointment, appointment).status == AppointmentStatus.BOOKED
+
+
+def test_booking_schedules_reminders_and_cancelling_or_moving_withdraws_them(crm, domain) -> None:
+    from bot.crm.models import OutboxMessage, OutboxStatus
+
+    patient_id = _patient(crm)
+    from bot import clock
+
+    with session_scope(crm) as session:  # two days ahead: both reminders are still to come
+        first, second = booking.free_slots(
+            session, department_code="dermatology", limit=2, window_start=clock.now() + timedelta(days=2)
+        )
+    tracker = make_tracker(slots={"patient_id": patient_id, "id_name": "王小明", "slot_choice": first.slot_id,
+                                  "confirmed": True, "department": "dermatology"})  # fmt: skip
+    run_action(BookAppointment(), tracker, domain)
+
+    def reminders() -> list:
+        with session_scope(crm) as session:
+            rows = session.execute(select(OutboxMessage).order_by(OutboxMessage.due_at)).scalars()
+            return [(row.step, row.due_at, row.status, row.params.get("department")) for row in rows]
+
+    start = first.start.astimezone(ZoneInfo("UTC")).replace(tzinfo=None)
+    assert reminders() == [
+        ("before_24h", start - timedelta(hours=24), OutboxStatus.PENDING, "皮肤科"),
+        ("before_2h", start - timedelta(hours=2), OutboxStatus.PENDING, "皮肤科"),
+    ]
+    with session_scope(crm) as session:
+        booked = session.execute(select(Appointment.id)).scalar_one()
+    tracker = make_tracker(slots={"patient_id": patient_id, "appointment_choice": booked, "slot_choice": second.slot_id,
+                                  "confirmed": True})  # fmt: skip
+    run_action(RescheduleAppointment(), tracker, domain)
+    statuses = [status for _, _, status, _ in reminders()]
+    assert statuses.count(OutboxStatus.CANCELLED) == 2 and statuses.count(OutboxStatus.PENDING) == 2

@@ -113,5 +113,8 @@ def rasa_server(
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             process.kill()
-    tracebacks = [line for line in log.read_text().splitlines() if "Traceback" in line]
-    assert not tracebacks, f"the Rasa server raised during the tests; see {log}"
+    text = log.read_text()
+    if "Traceback" in text:
+        first = text.index("Traceback")
+        excerpt = text[max(0, first - 600) : first + 3000]
+        raise AssertionError(f"the Rasa server raised during the tests ({log}):\n{excerpt}")

@@ -1,0 +1,7 @@
+"""`python -m scheduler`: see scheduler/service.py."""
+
+import sys
+
+from scheduler.service import main
+
+sys.exit(main())
