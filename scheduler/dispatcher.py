@@ -22,7 +22,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import requests
 from sqlalchemy import and_, or_, select, update
@@ -31,11 +31,12 @@ from zoneinfo import ZoneInfo
 
 from bot import clock
 from bot.catalog import hospital
-from bot.crm.models import CarePlan, ChannelIdentity, DeliveryStatus, OutboxMessage, OutboxStatus, Patient
+from bot.crm.models import CarePlan, ChannelIdentity, Consent, OutboxMessage, OutboxStatus, Patient
 from bot.db import session_scope
 from bot.notices import NoticeError
-from bot.outbound import OutboundMessage, Providers, Undeliverable, get_providers, send_to_patient
+from bot.outbound import OutboundMessage, Providers, get_providers
 from bot.outbound.providers import Provider, SendResult
+from bot.outbound.service import addresses_of, attempt_sends, record_outcomes
 
 logger = logging.getLogger(__name__)
 UTC = ZoneInfo("UTC")
@@ -291,15 +292,18 @@ class Dispatcher:
 
     # one pass ------------------------------------------------------------------------------------
     def run_once(self, now: Optional[datetime] = None) -> DispatchStats:
-        """Claim one batch of due rows and send them, `workers` at a time."""
+        """Claim one batch of due rows, decide what each needs in one transaction, then send them `workers` at a
+        time, each row's outcome recorded in one transaction of its own (so at most the sends in flight are
+        repeated after a crash)."""
         moment = now or clock.now()
         stats = DispatchStats()
         ids = self.claim(moment)
         stats.claimed = len(ids)
         if not ids:
             return stats
+        jobs = self.prepare(ids, moment, stats)
         with ThreadPoolExecutor(max_workers=self.settings.workers, thread_name_prefix="dispatch") as pool:
-            for outcome in pool.map(lambda row_id: self.process(row_id, moment), ids):
+            for outcome in pool.map(lambda job: self.deliver(job, moment), jobs):
                 stats.add(outcome)
         return stats
 
@@ -313,139 +317,162 @@ class Dispatcher:
                 break
         return total
 
-    # one row -------------------------------------------------------------------------------------
-    def process(self, row_id: int, now: datetime) -> str:
-        try:
-            return self._process(row_id, now)
-        except Exception as error:  # one bad row must not stop the batch: retry it later
-            logger.exception("outbox row %s failed unexpectedly", row_id)
-            return self._retry(row_id, now, f"internal error: {type(error).__name__}")
-
-    def _process(self, row_id: int, now: datetime) -> str:
+    # deciding (one transaction per batch) ----------------------------------------------------------
+    def prepare(self, ids: Sequence[int], now: datetime, stats: DispatchStats) -> List[Job]:
+        jobs: List[Job] = []
+        failed_rows: List[Tuple[int, str]] = []
         with session_scope() as session:
-            row = session.get(OutboxMessage, row_id)
-            patient = session.get(Patient, row.patient_id)
-            plan = session.get(CarePlan, row.plan_id) if row.plan_id else None
-            if plan is not None and not plan.active:
-                return self._finish(session, row, OutboxStatus.CANCELLED, "skipped", "plan no longer active")
-            if not row.urgent:
-                wake = next_waking_time(
-                    now, ZoneInfo(patient.timezone or "Asia/Shanghai"), self.settings.quiet_start,
-                    self.settings.quiet_end,
-                )  # fmt: skip
-                if wake is not None:
-                    row.status, row.claimed_by, row.claim_expires_at = OutboxStatus.PENDING, None, None
-                    row.next_attempt_at = _naive(wake)
-                    return "deferred"
-            if row.message == "medication_reask" and _dose_settled(session, row):
-                return self._finish(session, row, OutboxStatus.SKIPPED, "skipped", "dose already confirmed")
-            if row.message == "medication_reminder":
-                _open_dose(session, row, now)
-            conversation = self._conversation_channel(session, row, patient)
-            try:
-                message = render_notice(row, patient)
-            except NoticeError as error:  # the plan lacks a value the message needs: retrying cannot help
-                return self._finish(session, row, OutboxStatus.FAILED, "failed", f"cannot render: {error}")
-            patient_id, policy = patient.id, [c for c in row.channel_policy.split(",") if c]
-        if conversation is not None:
-            return self._push_conversation(row_id, now, conversation, message, patient_id, policy)
-        return self._send_notice(row_id, now, message, patient_id, policy)
-
-    def _conversation_channel(
-        self, session: Session, row: OutboxMessage, patient: Patient
-    ) -> Optional[Tuple[str, str, Dict[str, Any]]]:
-        """(sender id, channel, conversation) when the row goes through Rasa on a channel the patient writes on."""
-        if not row.conversation or self.rasa is None:
-            return None
-        from bot.crm.consent import accepts_messages
-
-        identities = {
-            identity.channel: identity.external_id
+            rows = list(session.execute(select(OutboxMessage).where(OutboxMessage.id.in_(ids))).scalars())
+            patient_ids = {row.patient_id for row in rows}
+            patients = {p.id: p for p in session.execute(select(Patient).where(Patient.id.in_(patient_ids))).scalars()}
+            plan_ids = {row.plan_id for row in rows if row.plan_id}
+            active_plans = set(
+                session.execute(select(CarePlan.id).where(CarePlan.id.in_(plan_ids), CarePlan.active.is_(True)))
+                .scalars()
+            )  # fmt: skip
+            identities: Dict[int, List[ChannelIdentity]] = {}
             for identity in session.execute(
-                select(ChannelIdentity).where(ChannelIdentity.patient_id == patient.id)
-            ).scalars()
-        }
-        for channel in ("wechat", "sms"):
-            address = identities.get(channel) or (patient.phone if channel == "sms" else None)
-            if (
-                channel in row.channel_policy
-                and address
-                and accepts_messages(session, channel=channel, external_id=address)
-            ):
-                return address, channel, dict(row.conversation)
-        return None
-
-    def _push_conversation(
-        self,
-        row_id: int,
-        now: datetime,
-        target: Tuple[str, str, Dict[str, Any]],
-        message: OutboundMessage,
-        patient_id: int,
-        policy: List[str],
-    ) -> str:
-        sender, channel, conversation = target
-        entities = {**conversation.get("entities", {}), "reminder_text": message.text}
-        try:
-            self.rasa.trigger(sender, channel, conversation["intent"], entities)  # type: ignore[union-attr]
-        except Exception as error:  # Rasa down: the notice still goes out, through the outbound API
-            logger.warning("outbox row %s: trigger_intent failed (%s); sending as a notice", row_id, error)
-            return self._send_notice(row_id, now, message, patient_id, policy)
-        with session_scope() as session:
-            row = session.get(OutboxMessage, row_id)
-            row.channel = channel
-            return self._finish(session, row, OutboxStatus.SENT, "sent", None, now=now)
-
-    def _send_notice(
-        self, row_id: int, now: datetime, message: OutboundMessage, patient_id: int, policy: List[str]
-    ) -> str:
-        try:
-            report = send_to_patient(patient_id, message, policy=policy, providers=self.providers)
-        except Undeliverable as error:
-            if error.attempts and all(a.status == DeliveryStatus.SKIPPED for a in error.attempts):
-                with session_scope() as session:
-                    return self._finish(
-                        session, session.get(OutboxMessage, row_id), OutboxStatus.SKIPPED, "skipped", "opted out"
+                select(ChannelIdentity).where(ChannelIdentity.patient_id.in_(patient_ids))
+            ).scalars():
+                identities.setdefault(identity.patient_id, []).append(identity)
+            addresses = {i.external_id for group in identities.values() for i in group}
+            addresses |= {p.phone for p in patients.values()}
+            opted_out = set(
+                session.execute(
+                    select(Consent.channel, Consent.external_id).where(
+                        Consent.opted_in.is_(False), Consent.external_id.in_(addresses)
                     )
-            if not error.attempts:  # no address on any channel of the policy: retrying will not help
-                with session_scope() as session:
-                    return self._finish(
-                        session, session.get(OutboxMessage, row_id), OutboxStatus.FAILED, "failed", str(error)
-                    )
-            return self._retry(row_id, now, str(error))
-        with session_scope() as session:
-            row = session.get(OutboxMessage, row_id)
-            row.delivery_id, row.channel = report.delivery_id, report.channel
-            return self._finish(session, row, OutboxStatus.SENT, "sent", None, now=now)
+                ).all()
+            )
+            for row in rows:
+                try:
+                    with session.begin_nested():
+                        decided = self._decide(session, row, patients[row.patient_id], row.plan_id in active_plans,
+                                               identities.get(row.patient_id, []), opted_out, now)  # fmt: skip
+                except Exception as error:  # one bad row must not stop the batch: retried later
+                    logger.exception("outbox row %s could not be prepared", row.id)
+                    failed_rows.append((row.id, f"internal error: {type(error).__name__}"))
+                    continue
+                if isinstance(decided, Job):
+                    jobs.append(decided)
+                else:
+                    stats.add(decided)
+        for row_id, error in failed_rows:
+            stats.add(self._retry(row_id, now, error))
+        return jobs
 
-    def _finish(
+    def _decide(
         self,
         session: Session,
         row: OutboxMessage,
-        status: OutboxStatus,
-        outcome: str,
-        error: Optional[str],
-        now: Optional[datetime] = None,
-    ) -> str:
-        row.status = status
-        row.claimed_by, row.claim_expires_at = None, None
-        row.last_error = (error or "")[:255] or None
-        if status == OutboxStatus.SENT:
-            row.attempts += 1
-            row.sent_at = _naive(now or clock.now())
-        return outcome
+        patient: Patient,
+        plan_active: bool,
+        identities: Sequence[ChannelIdentity],
+        opted_out: Set[Tuple[str, str]],
+        now: datetime,
+    ) -> Union[Job, str]:
+        """A Job to send, or the outcome already settled here (cancelled, deferred, skipped, failed)."""
+        if row.plan_id and not plan_active:
+            return _finish(row, OutboxStatus.CANCELLED, "skipped", "plan no longer active")
+        if not row.urgent:
+            tz = ZoneInfo(patient.timezone or "Asia/Shanghai")
+            wake = next_waking_time(now, tz, self.settings.quiet_start, self.settings.quiet_end)
+            if wake is not None:
+                row.status, row.claimed_by, row.claim_expires_at = OutboxStatus.PENDING, None, None
+                row.next_attempt_at = _naive(wake)
+                return "deferred"
+        if row.message == "medication_reask" and _dose_settled(session, row):
+            return _finish(row, OutboxStatus.SKIPPED, "skipped", "dose already confirmed")
+        if row.message == "medication_reminder":
+            _open_dose(session, row, now)
+        try:
+            message = render_notice(row, patient)
+        except NoticeError as error:  # the plan lacks a value the message needs: retrying cannot help
+            return _finish(row, OutboxStatus.FAILED, "failed", f"cannot render: {error}")
+        policy = [channel for channel in row.channel_policy.split(",") if channel]
+        pairs = addresses_of(patient, identities, policy)
+        blocked = {pair for pair in pairs if pair in opted_out}
+        if not pairs:
+            return _finish(row, OutboxStatus.FAILED, "failed", "no address on any channel of the policy")
+        if len(blocked) == len(pairs):
+            return _finish(row, OutboxStatus.SKIPPED, "skipped", "opted out")
+        conversation = None
+        if row.conversation and self.rasa is not None:
+            for channel, address in pairs:
+                if channel in ("wechat", "sms") and (channel, address) not in blocked:
+                    conversation = (address, channel, dict(row.conversation))
+                    break
+        return Job(row.id, patient.id, message, pairs, blocked, conversation)
+
+    # sending (one transaction per row) -------------------------------------------------------------
+    def deliver(self, job: Job, now: datetime) -> str:
+        try:
+            if job.conversation is not None and self._push_conversation(job):
+                with session_scope() as session:
+                    row = session.get(OutboxMessage, job.row_id)
+                    row.channel = job.conversation[1]
+                    return _finish(row, OutboxStatus.SENT, "sent", None, now=now)
+            outcomes = attempt_sends(job.pairs, job.message, job.patient_id, self.providers, job.opted_out)
+            with session_scope() as session:
+                report, attempts = record_outcomes(session, outcomes, job.message, job.patient_id)
+                row = session.get(OutboxMessage, job.row_id)
+                if report is not None:
+                    row.delivery_id, row.channel = report.delivery_id, report.channel
+                    return _finish(row, OutboxStatus.SENT, "sent", None, now=now)
+                tried = "; ".join(f"{a.channel}: {a.outcome}" for a in attempts)
+                return self._schedule_retry(row, now, f"not delivered: {tried}")
+        except Exception as error:  # an unexpected failure: the row is retried, never lost
+            logger.exception("outbox row %s failed unexpectedly", job.row_id)
+            return self._retry(job.row_id, now, f"internal error: {type(error).__name__}")
+
+    def _push_conversation(self, job: Job) -> bool:
+        """Through Rasa on the patient's channel; False (send as a notice) when Rasa cannot take it."""
+        sender, channel, conversation = job.conversation  # type: ignore[misc]
+        entities = {**conversation.get("entities", {}), "reminder_text": job.message.text}
+        try:
+            self.rasa.trigger(sender, channel, conversation["intent"], entities)  # type: ignore[union-attr]
+        except Exception as error:
+            logger.warning("outbox row %s: trigger_intent failed (%s); sending as a notice", job.row_id, error)
+            return False
+        return True
 
     def _retry(self, row_id: int, now: datetime, error: str) -> str:
         with session_scope() as session:
-            row = session.get(OutboxMessage, row_id)
-            row.attempts += 1
-            row.last_error = error[:255]
-            row.claimed_by, row.claim_expires_at = None, None
-            if row.attempts >= self.settings.max_attempts:
-                row.status = OutboxStatus.FAILED
-                logger.warning("outbox row %s failed after %s attempts", row_id, row.attempts)
-                return "failed"
-            delay = min(self.settings.backoff * (2 ** (row.attempts - 1)), self.settings.backoff_cap)
-            row.status = OutboxStatus.PENDING
-            row.next_attempt_at = _naive(now) + delay
-            return "retried"
+            return self._schedule_retry(session.get(OutboxMessage, row_id), now, error)
+
+    def _schedule_retry(self, row: OutboxMessage, now: datetime, error: str) -> str:
+        row.attempts += 1
+        row.last_error = error[:255]
+        row.claimed_by, row.claim_expires_at = None, None
+        if row.attempts >= self.settings.max_attempts:
+            row.status = OutboxStatus.FAILED
+            logger.warning("outbox row %s failed after %s attempts", row.id, row.attempts)
+            return "failed"
+        delay = min(self.settings.backoff * (2 ** (row.attempts - 1)), self.settings.backoff_cap)
+        row.status = OutboxStatus.PENDING
+        row.next_attempt_at = _naive(now) + delay
+        return "retried"
+
+
+@dataclass
+class Job:
+    """A row ready to send: everything decided, nothing left to read from the database."""
+
+    row_id: int
+    patient_id: int
+    message: OutboundMessage
+    pairs: List[Tuple[str, str]]
+    opted_out: Set[Tuple[str, str]]
+    conversation: Optional[Tuple[str, str, Dict[str, Any]]]
+
+
+def _finish(
+    row: OutboxMessage, status: OutboxStatus, outcome: str, error: Optional[str], now: Optional[datetime] = None
+) -> str:
+    row.status = status
+    row.claimed_by, row.claim_expires_at = None, None
+    row.last_error = (error or "")[:255] or None
+    if status == OutboxStatus.SENT:
+        row.attempts += 1
+        row.sent_at = _naive(now or clock.now())
+    return outcome

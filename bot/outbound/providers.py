@@ -194,16 +194,24 @@ class WeChatProvider(Provider):
 
     def __init__(self, settings: WeChatSettings, store: Optional[KeyValueStore] = None) -> None:
         self.settings = settings
-        self.client = make_wechat_client(settings, store)
-        self._lock = threading.Lock()  # requests.Session is not guaranteed thread-safe
+        self._store = store
+        # One client (and requests.Session) per thread: a Session is not guaranteed thread-safe, and one lock
+        # around every call serialised the dispatcher's sends. The token is shared through the store anyway.
+        self._local = threading.local()
+
+    @property
+    def client(self):  # type: ignore[no-untyped-def]
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = make_wechat_client(self.settings, self._store)
+        return client
 
     def _call(self, method: str, *args: object, **kwargs: object) -> Dict[str, object]:
         from wechatpy.exceptions import WeChatClientException
 
         for attempt in (1, 2):
             try:
-                with self._lock:
-                    return getattr(self.client.message, method)(*args, **kwargs)
+                return getattr(self.client.message, method)(*args, **kwargs)
             except WeChatClientException as error:
                 code = int(error.errcode) if error.errcode is not None else None
                 if code in WECHAT_TOKEN_ERRORS and attempt == 1:
@@ -245,8 +253,7 @@ class WeChatProvider(Provider):
         if caption:
             self._call("send_text", address, caption)
         try:
-            with self._lock:
-                uploaded = self.client.media.upload("image", ("chart.png", io.BytesIO(png), "image/png"))
+            uploaded = self.client.media.upload("image", ("chart.png", io.BytesIO(png), "image/png"))
         except WeChatClientException as error:
             raise ProviderError("wechat", str(error.errcode), str(error.errmsg or "")) from error
         except OSError as error:

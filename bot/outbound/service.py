@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Iterable, List, Optional, Sequence, Set, Tuple
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from bot.addresses import sender_id_for
 from bot.crm import consent
@@ -122,58 +123,116 @@ def _close_attempt(
         row.error = (error or "")[:255] or None
 
 
-def _try(
-    providers: Providers,
-    channel: str,
-    address: str,
+@dataclass
+class Outcome:
+    """What one provider said about one attempt, before anything is written (see record_outcomes)."""
+
+    channel: str
+    address: str
+    status: DeliveryStatus
+    kind: str = "none"
+    provider_message_id: Optional[str] = None
+    error_code: Optional[str] = None
+    error: Optional[str] = None
+    delivery_id: Optional[int] = None  # a voice call's row, written before the call (Twilio fetches its words)
+
+
+def attempt_sends(
+    pairs: Sequence[Tuple[str, str]],
     message: OutboundMessage,
     patient_id: Optional[int],
-    previous: Optional[int],
-) -> Tuple[Attempt, Optional[str]]:
-    delivery_id = _new_row(channel, address, message, patient_id, previous=previous)
-    try:
-        result = providers.get(channel).send(address, message, delivery_id=delivery_id)
-    except ProviderError as error:
-        _close_attempt(delivery_id, DeliveryStatus.FAILED, error_code=error.code, error=error.message)
-        # the code only: providers' messages can quote the phone number (Twilio 21211)
-        logger.warning("delivery %s on %s failed: %s", delivery_id, channel, error.code)
-        return Attempt(channel, delivery_id, DeliveryStatus.FAILED, f"{error.code} {error.message}".strip()), None
-    except Exception as error:  # an SDK bug must not lose the record of the attempt
-        _close_attempt(delivery_id, DeliveryStatus.FAILED, error_code="internal", error=type(error).__name__)
-        logger.exception("delivery %s on %s raised", delivery_id, channel)
-        return Attempt(channel, delivery_id, DeliveryStatus.FAILED, f"internal error {type(error).__name__}"), None
-    _close_attempt(
-        delivery_id,
-        DeliveryStatus.SENT,
-        kind=result.kind,
-        provider_message_id=result.provider_message_id,
-        error="; ".join(result.notes) or None,
-    )
-    return Attempt(channel, delivery_id, DeliveryStatus.SENT, f"sent as {result.kind}"), result.kind
+    providers: Providers,
+    opted_out: Set[Tuple[str, str]] = frozenset(),  # type: ignore[assignment]
+) -> List[Outcome]:
+    """Try each (channel, address) in order until one provider takes the message. Writes nothing except a
+    voice call's row; the caller records the outcomes in one transaction (`record_outcomes`)."""
+    outcomes: List[Outcome] = []
+    for channel, address in pairs:
+        if (channel, address) in opted_out:
+            outcomes.append(Outcome(channel, address, DeliveryStatus.SKIPPED, error="opted out"))
+            continue
+        delivery_id = _new_row(channel, address, message, patient_id) if channel == "voice" else None
+        try:
+            result = providers.get(channel).send(address, message, delivery_id=delivery_id)
+        except ProviderError as error:
+            # the code only: providers' messages can quote the phone number (Twilio 21211)
+            logger.warning("send on %s failed: %s", channel, error.code)
+            outcomes.append(Outcome(channel, address, DeliveryStatus.FAILED, error_code=error.code,
+                                    error=error.message, delivery_id=delivery_id))  # fmt: skip
+            continue
+        except Exception as error:  # an SDK bug must not lose the record of the attempt
+            logger.exception("send on %s raised", channel)
+            outcomes.append(Outcome(channel, address, DeliveryStatus.FAILED, error_code="internal",
+                                    error=type(error).__name__, delivery_id=delivery_id))  # fmt: skip
+            continue
+        outcomes.append(Outcome(channel, address, DeliveryStatus.SENT, kind=result.kind,
+                                provider_message_id=result.provider_message_id,
+                                error="; ".join(result.notes) or None, delivery_id=delivery_id))  # fmt: skip
+        break
+    return outcomes
+
+
+def record_outcomes(
+    session: Session, outcomes: Sequence[Outcome], message: OutboundMessage, patient_id: Optional[int]
+) -> Tuple[Optional[DeliveryReport], List[Attempt]]:
+    """One Delivery row per outcome, each failed or skipped attempt linked to the one after it; the report of
+    the attempt that succeeded, or None."""
+    attempts: List[Attempt] = []
+    previous: Optional[int] = None
+    report: Optional[DeliveryReport] = None
+    for outcome in outcomes:
+        row = session.get(Delivery, outcome.delivery_id) if outcome.delivery_id else None
+        if row is None:
+            row = Delivery(
+                channel=outcome.channel,
+                address=outcome.address,
+                purpose=message.purpose,
+                body=message.text,
+                patient_id=patient_id,
+                choices=[{"title": c.title, "payload": c.payload} for c in message.choices] or None,
+            )
+            session.add(row)  # fmt: skip
+        row.status, row.kind = outcome.status, outcome.kind
+        row.provider_message_id, row.error_code = outcome.provider_message_id, outcome.error_code
+        row.error = (outcome.error or "")[:255] or None
+        row.fallback_of_id = previous
+        session.flush()
+        if outcome.status != DeliveryStatus.SKIPPED:
+            previous = row.id
+        summary = (
+            f"sent as {outcome.kind}"
+            if outcome.status == DeliveryStatus.SENT
+            else (
+                outcome.error
+                if outcome.status == DeliveryStatus.SKIPPED
+                else f"{outcome.error_code} {outcome.error or ''}"
+            )
+        )
+        attempts.append(Attempt(outcome.channel, row.id, outcome.status, summary.strip()))
+        if outcome.status == DeliveryStatus.SENT:
+            report = DeliveryReport(patient_id, outcome.channel, outcome.kind, row.id, attempts)
+    return report, attempts
+
+
+def opted_out_pairs(session: Session, pairs: Sequence[Tuple[str, str]]) -> Set[Tuple[str, str]]:
+    return {(c, a) for c, a in pairs if not consent.accepts_messages(session, channel=c, external_id=a)}
 
 
 def _deliver(
     pairs: Sequence[Tuple[str, str]], message: OutboundMessage, patient_id: Optional[int], providers: Providers
 ) -> DeliveryReport:
-    attempts: List[Attempt] = []
-    previous: Optional[int] = None
-    for channel, address in pairs:
-        # An opt-out stops what the hospital starts (reminders, notices), not the answers to what the patient
-        # writes: a conversation reply always goes out.
-        allowed = message.purpose == "conversation"
-        if not allowed:
-            with session_scope() as session:
-                allowed = consent.accepts_messages(session, channel=channel, external_id=address)
-        if not allowed:
-            skipped = _new_row(channel, address, message, patient_id, status=DeliveryStatus.SKIPPED, error="opted out")
-            attempts.append(Attempt(channel, skipped, DeliveryStatus.SKIPPED, "opted out"))
-            continue
-        attempt, kind = _try(providers, channel, address, message, patient_id, previous)
-        attempts.append(attempt)
-        previous = attempt.delivery_id
-        if kind is not None:
-            return DeliveryReport(patient_id, channel, kind, attempt.delivery_id or 0, attempts)
-    raise Undeliverable(patient_id, attempts)
+    # An opt-out stops what the hospital starts (reminders, notices), not the answers to what the patient
+    # writes: a conversation reply always goes out.
+    opted_out: Set[Tuple[str, str]] = set()
+    if message.purpose != "conversation":
+        with session_scope() as session:
+            opted_out = opted_out_pairs(session, pairs)
+    outcomes = attempt_sends(pairs, message, patient_id, providers, opted_out)
+    with session_scope() as session:
+        report, attempts = record_outcomes(session, outcomes, message, patient_id)
+    if report is None:
+        raise Undeliverable(patient_id, attempts)
+    return report
 
 
 def send_to_patient(
