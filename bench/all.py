@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 if __package__ in (None, ""):  # run as a file: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import latency, nlu_cv, triage, wechat
+from bench import latency, nlu_cv, reminders, triage, wechat
 from bench._common import format_table, machine_info, raise_on_sigterm, verdict, write_json
 
 
@@ -26,7 +26,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--turns", type=int, default=200, help="latency: measured turns per concurrency")
     parser.add_argument("--skip-baseline", action="store_true", help="latency: do not measure rasa init")
     parser.add_argument(
-        "--only", choices=["nlu_cv", "latency", "triage", "wechat"], action="append", help="run only these"
+        "--only", choices=["nlu_cv", "latency", "triage", "wechat", "reminders"], action="append", help="run only these"
     )
     args = parser.parse_args(argv)
     raise_on_sigterm()
@@ -35,6 +35,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         ("nlu_cv", lambda: nlu_cv.run(folds=args.folds)),
         ("triage", lambda: triage.run()),
         ("wechat", lambda: wechat.run()),
+        ("reminders", lambda: reminders.run(reminders.parse_args([]))),
         (
             "latency",
             lambda: latency.run(
