@@ -27,8 +27,10 @@ RASA_URL="http://127.0.0.1:${RASA_PORT}" SCHEDULER_PORT=${SCHEDULER_PORT:-5077} 
 pids+=($!)
 .venv/bin/rasa run actions --port "$ACTIONS_PORT" --actions actions >var/log/actions.log 2>&1 &
 pids+=($!)
+# endpoints.yml names the action server's default port; follow ACTIONS_PORT when it is changed
+sed "s#127.0.0.1:5055#127.0.0.1:${ACTIONS_PORT}#" endpoints.yml >var/endpoints.yml
 .venv/bin/rasa run --model models/current.tar.gz --port "$RASA_PORT" --interface 127.0.0.1 \
-  --endpoints endpoints.yml --credentials credentials.yml >var/log/rasa.log 2>&1 &
+  --endpoints var/endpoints.yml --credentials credentials.yml >var/log/rasa.log 2>&1 &
 pids+=($!)
 
 echo "Starting the assistant (loading the model takes about a minute; logs in var/log/)..."
