@@ -1,9 +1,11 @@
 """Choosing a channel, honouring consent, falling back, and recording every attempt.
 
 `send_to_patient` walks the channel policy (WeChat → SMS → voice by default), skips channels the patient has
-no address on or opted out of, and stops at the first provider that accepts the message. Each attempt is a
-`Delivery` row committed before the provider is called (a crash leaves a `sending` row to reconcile, never a
-silent gap) and updated with the outcome. Blocking: run it in a worker thread from async code.
+no address on or opted out of, and stops at the first provider that accepts the message. The provider calls
+need no database (`attempt_sends`); the attempts are then recorded in one transaction (`record_outcomes`), one
+`Delivery` row each. A crash between the two loses the record of those attempts, not the intent: scheduled sends
+are outbox rows, taken again when their claim expires (so they may go out twice). A voice call's row is written
+before the call, because Twilio fetches the call's words by its id. Blocking: run it in a worker thread.
 """
 
 from __future__ import annotations
