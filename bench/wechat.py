@@ -51,7 +51,7 @@ from bench._common import (
     wait_until,
     write_json,
 )
-from bench.latency import SEED_SCRIPT, percentile
+from bench.latency import SEED_SCRIPT, free_port, percentile
 
 NAME = "wechat"
 MODEL = PROJECT_ROOT / "models" / "current.tar.gz"
@@ -84,12 +84,6 @@ class Sample:
 class Result:
     samples: List[Sample] = field(default_factory=list)
     wall_s: float = 0.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def patient_session(

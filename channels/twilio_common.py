@@ -7,9 +7,9 @@ import asyncio
 import functools
 import logging
 from dataclasses import dataclass, replace
-from typing import Any, Awaitable, Callable, Coroutine, Dict, Set, Tuple, TypeVar
+from typing import Any, Awaitable, Callable, Coroutine, Dict, Optional, Set, Tuple, TypeVar
 
-from rasa.core.channels.channel import UserMessage
+from rasa.core.channels.channel import InputChannel, UserMessage
 from sanic import response
 from sanic.request import Request
 from sanic.response import HTTPResponse
@@ -77,6 +77,22 @@ class TwilioWebhookAuth:
         if account and self.account_sid and account != self.account_sid:
             raise WebhookRejected(403, "the request is for another Twilio account")
         return form
+
+
+class TwilioWebhookChannel(InputChannel):
+    """What every Twilio input channel has: its credentials.yml keys, and the check of Twilio's signature built
+    from them (read on first use: settings come from the environment of the running server)."""
+
+    def __init__(self, account_sid: Optional[str], auth_token: Optional[str], public_url: Optional[str]) -> None:
+        self.credentials = {"account_sid": account_sid, "auth_token": auth_token, "public_url": public_url}
+        self._auth: Optional[TwilioWebhookAuth] = None
+
+    @property
+    def auth(self) -> TwilioWebhookAuth:
+        if self._auth is None:
+            settings = twilio_settings(self.credentials)
+            self._auth = TwilioWebhookAuth(settings.account_sid, settings.auth_token, settings.public_url)
+        return self._auth
 
 
 def required(form: Dict[str, str], *names: str) -> Tuple[str, ...]:

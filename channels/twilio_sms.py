@@ -31,7 +31,7 @@ import logging
 from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Optional
 
-from rasa.core.channels.channel import CollectingOutputChannel, InputChannel, OutputChannel, UserMessage
+from rasa.core.channels.channel import CollectingOutputChannel, OutputChannel, UserMessage
 from sanic import Blueprint, response
 from sanic.request import Request
 from sanic.response import HTTPResponse
@@ -45,7 +45,7 @@ from channels.common import ChoiceMemory, Deduplicator, mask, merge_messages
 from channels.twilio_common import (
     BackgroundTasks,
     OnNewMessage,
-    TwilioWebhookAuth,
+    TwilioWebhookChannel,
     WebhookRejected,
     in_thread,
     required,
@@ -203,7 +203,7 @@ def record_consent(phone: str, opted_in: bool) -> None:
         consent.set_consent(session, channel=CHANNEL, external_id=phone, opted_in=opted_in, actor="patient")
 
 
-class TwilioSmsInput(InputChannel):
+class TwilioSmsInput(TwilioWebhookChannel):
     """Twilio Programmable Messaging webhooks: inbound SMS/MMS and delivery status callbacks."""
 
     def __init__(
@@ -215,9 +215,8 @@ class TwilioSmsInput(InputChannel):
         providers: Optional[Providers] = None,
         store: Optional[KeyValueStore] = None,
     ) -> None:
-        self.credentials = {"account_sid": account_sid, "auth_token": auth_token, "public_url": public_url}
+        super().__init__(account_sid, auth_token, public_url)
         self._providers = providers
-        self._auth: Optional[TwilioWebhookAuth] = None
         self.seen = Deduplicator(CHANNEL, store)
         self.choices = ChoiceMemory(CHANNEL, store)
         self.turns = BackgroundTasks("twilio_sms")
@@ -230,13 +229,6 @@ class TwilioSmsInput(InputChannel):
     def from_credentials(cls, credentials: Optional[Dict[str, Any]]) -> TwilioSmsInput:
         credentials = credentials or {}
         return cls(credentials.get("account_sid"), credentials.get("auth_token"), credentials.get("public_url"))
-
-    @property
-    def auth(self) -> TwilioWebhookAuth:
-        if self._auth is None:  # read on first use: settings come from the environment of the running server
-            settings = twilio_settings(self.credentials)
-            self._auth = TwilioWebhookAuth(settings.account_sid, settings.auth_token, settings.public_url)
-        return self._auth
 
     @property
     def providers(self) -> Optional[Providers]:

@@ -29,7 +29,7 @@ from functools import lru_cache
 from typing import Any, Dict, Optional, Tuple
 
 import yaml
-from rasa.core.channels.channel import CollectingOutputChannel, InputChannel, OutputChannel, UserMessage
+from rasa.core.channels.channel import CollectingOutputChannel, OutputChannel, UserMessage
 from sanic import Blueprint, response
 from sanic.request import Request
 from sanic.response import HTTPResponse
@@ -45,11 +45,10 @@ from bot.outbound.providers import split_text
 from channels.common import ChoiceMemory, mask, merge_messages
 from channels.twilio_common import (
     OnNewMessage,
-    TwilioWebhookAuth,
+    TwilioWebhookChannel,
     WebhookRejected,
     in_thread,
     required,
-    twilio_settings,
     twiml,
 )
 
@@ -240,7 +239,7 @@ class TwilioVoiceOutput(OutputChannel):
 # ----------------------------------------------------------------------------------------------
 # the channel
 # ----------------------------------------------------------------------------------------------
-class TwilioVoiceInput(InputChannel):
+class TwilioVoiceInput(TwilioWebhookChannel):
     """Twilio Voice webhooks: inbound calls, outbound-call scripts, Gather results and call statuses."""
 
     def __init__(
@@ -252,9 +251,8 @@ class TwilioVoiceInput(InputChannel):
         *,
         store: Optional[KeyValueStore] = None,
     ) -> None:
-        self.credentials = {"account_sid": account_sid, "auth_token": auth_token, "public_url": public_url}
+        super().__init__(account_sid, auth_token, public_url)
         self.locale = locale
-        self._auth: Optional[TwilioWebhookAuth] = None
         self.choices = ChoiceMemory(CHANNEL, store)
         self.calls = CallState(store)
 
@@ -271,13 +269,6 @@ class TwilioVoiceInput(InputChannel):
             credentials.get("public_url"),
             credentials.get("locale"),
         )
-
-    @property
-    def auth(self) -> TwilioWebhookAuth:
-        if self._auth is None:
-            settings = twilio_settings(self.credentials)
-            self._auth = TwilioWebhookAuth(settings.account_sid, settings.auth_token, settings.public_url)
-        return self._auth
 
     @property
     def phrases(self) -> VoicePhrases:

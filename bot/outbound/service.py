@@ -17,7 +17,6 @@ from typing import Iterable, List, Optional, Sequence, Set, Tuple
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bot.addresses import sender_id_for
 from bot.crm import consent
 from bot.crm.models import ChannelIdentity, Delivery, DeliveryStatus, Patient
 from bot.db import session_scope
@@ -309,11 +308,6 @@ def record_status(provider_message_id: str, status: str, error_code: Optional[st
         if error_code:
             row.error_code = error_code
         return True
-
-
-def conversation_of(channel: str, address: str) -> str:
-    """The Rasa conversation a reply to this delivery continues in."""
-    return sender_id_for(channel, address)
 
 
 def send_image_to_patient(
