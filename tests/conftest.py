@@ -16,7 +16,7 @@ import urllib.request
 import uuid
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -131,17 +131,37 @@ def crm_url(request: pytest.FixtureRequest) -> str:
     return migrate_and_seed(url)
 
 
-@pytest.fixture
-def crm(crm_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Point bot.db's default engine (what actions use) at the test database."""
-    from bot import config, db
+def forget_process_settings() -> None:
+    """Clear what bot/ reads from the environment once per process: settings, engines, provider settings and
+    clients, the key-value store. The next use reads the (test's) environment again."""
+    from bot import config, db, kv
+    from bot.outbound import providers, settings
 
-    monkeypatch.setenv("DATABASE_URL", crm_url)
-    for cached in (config.get_settings, db.get_engine, db.get_session_factory):
+    for cached in (config.get_settings, db.get_engine, db.get_session_factory, settings.get_provider_settings,
+                   kv.get_store):  # fmt: skip
         cached.cache_clear()
-    yield crm_url
-    for cached in (config.get_settings, db.get_engine, db.get_session_factory):
-        cached.cache_clear()
+    providers._default = None
+
+
+@pytest.fixture
+def process_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., None]]:
+    """`process_settings(DATABASE_URL=..., SANDBOX_URL=...)`: this process's bot/ on that environment for the
+    test; everything read from it is forgotten again afterwards."""
+
+    def point(**environment: str) -> None:
+        for name, value in environment.items():
+            monkeypatch.setenv(name, value)
+        forget_process_settings()
+
+    yield point
+    forget_process_settings()
+
+
+@pytest.fixture
+def crm(crm_url: str, process_settings: Callable[..., None]) -> str:
+    """Point bot.db's default engine (what actions use) at the test database."""
+    process_settings(DATABASE_URL=crm_url)
+    return crm_url
 
 
 # ----------------------------------------------------------------------------------------------
@@ -211,34 +231,21 @@ def sandbox(sandbox_server: object) -> Iterator[object]:
 
 
 @pytest.fixture
-def providers_env(sandbox: object, crm_default: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
-    """The real wechatpy and twilio clients of `bot.outbound` aimed at the sandbox, a migrated CRM, and a fresh
-    in-memory key-value store (seen messages, choices, the WeChat token)."""
-    from bot import kv
-    from bot.outbound import providers, settings
-
-    monkeypatch.setenv("SANDBOX_URL", sandbox.url)  # type: ignore[attr-defined]
+def providers_env(
+    sandbox: object, sqlite_url: str, monkeypatch: pytest.MonkeyPatch, process_settings: Callable[..., None]
+) -> object:
+    """The real wechatpy and twilio clients of `bot.outbound` aimed at the sandbox, a migrated SQLite CRM as the
+    default database, and a fresh in-memory key-value store (seen messages, choices, the WeChat token)."""
+    migrate_and_seed(sqlite_url, days=2)
     for name in ("WECHAT_API_BASE", "TWILIO_API_BASE", "REDIS_URL"):
         monkeypatch.delenv(name, raising=False)
-    settings.get_provider_settings.cache_clear()
-    kv.get_store.cache_clear()
-    providers._default = None
-    yield sandbox
-    settings.get_provider_settings.cache_clear()
-    kv.get_store.cache_clear()
-    providers._default = None
+    process_settings(DATABASE_URL=sqlite_url, SANDBOX_URL=sandbox.url)  # type: ignore[attr-defined]
+    return sandbox
 
 
 @pytest.fixture
-def crm_default(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def crm_default(sqlite_url: str, process_settings: Callable[..., None]) -> str:
     """A migrated, seeded SQLite CRM as bot.db's default database."""
-    from bot import config, db
-    from tests.conftest import migrate_and_seed
-
     migrate_and_seed(sqlite_url, days=2)
-    monkeypatch.setenv("DATABASE_URL", sqlite_url)
-    for cached in (config.get_settings, db.get_engine, db.get_session_factory):
-        cached.cache_clear()
-    yield sqlite_url
-    for cached in (config.get_settings, db.get_engine, db.get_session_factory):
-        cached.cache_clear()
+    process_settings(DATABASE_URL=sqlite_url)
+    return sqlite_url

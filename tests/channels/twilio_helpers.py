@@ -227,10 +227,9 @@ class TwilioWorld:
 
 
 def _clear_cached_settings() -> None:
-    from bot import config, db
+    from tests.conftest import forget_process_settings
 
-    for cached in (config.get_settings, db.get_engine, db.get_session_factory, get_provider_settings):
-        cached.cache_clear()
+    forget_process_settings()
 
 
 @contextmanager

@@ -21,17 +21,9 @@ SHANGHAI = ZoneInfo("Asia/Shanghai")
 
 
 def test_a_medication_reminder_arrives_in_the_wechat_conversation(
-    rasa_server: RasaServer, sandbox: Any, dialogue_db: str, monkeypatch: Any
+    rasa_server: RasaServer, sandbox: Any, dialogue_db: str, process_settings: Any
 ) -> None:
-    from bot import config, db, kv
-    from bot.outbound import providers, settings
-
-    monkeypatch.setenv("DATABASE_URL", dialogue_db)
-    monkeypatch.setenv("SANDBOX_URL", sandbox.url)
-    for cached in (config.get_settings, db.get_engine, db.get_session_factory, settings.get_provider_settings,
-                   kv.get_store):  # fmt: skip
-        cached.cache_clear()
-    providers._default = None
+    process_settings(DATABASE_URL=dialogue_db, SANDBOX_URL=sandbox.url)
 
     patient = WeChatPatient(rasa_server.url, sandbox, "o" + uuid.uuid4().hex[:27])
     patient.say("你好")  # the patient wrote once: the conversation exists, the window is open

@@ -146,8 +146,8 @@ def test_failures_retry_with_backoff_then_fail(outbox_db: str, sandbox: Any) -> 
     assert "sms" in failed.last_error
 
 
-def test_two_dispatchers_never_send_the_same_row(postgres_url: str, sandbox: Any, monkeypatch: Any) -> None:
-    request_db(monkeypatch, sandbox, postgres_url)
+def test_two_dispatchers_never_send_the_same_row(postgres_url: str, sandbox: Any, process_settings: Any) -> None:
+    request_db(process_settings, sandbox, postgres_url)
     patient_ids = [make_patient(f"并发{i:02d}", f"+861380013{7000 + i}", f"oTwo{i:022d}") for i in range(10)]
     now = datetime(2026, 11, 24, 9, 0, tzinfo=SHANGHAI)
     for patient_id in patient_ids:
@@ -179,23 +179,15 @@ def test_a_claim_takes_at_most_its_batch(outbox_db: str, sandbox: Any) -> None:
     assert len(first.claim(now, limit=25)) == 10
 
 
-def request_db(monkeypatch: Any, sandbox: Any, url: str) -> None:
-    from bot import config, db, kv
-    from bot.outbound import providers, settings
-
+def request_db(process_settings: Any, sandbox: Any, url: str) -> None:
     migrate_and_seed(url, days=1)
-    monkeypatch.setenv("DATABASE_URL", url)
-    monkeypatch.setenv("SANDBOX_URL", sandbox.url)
-    for cached in (config.get_settings, db.get_engine, db.get_session_factory, settings.get_provider_settings,
-                   kv.get_store):  # fmt: skip
-        cached.cache_clear()
-    providers._default = None
+    process_settings(DATABASE_URL=url, SANDBOX_URL=sandbox.url)
 
 
 def test_kill_9_mid_dispatch_then_restart_delivers_everything(
-    postgres_url: str, sandbox: Any, monkeypatch: Any
+    postgres_url: str, sandbox: Any, process_settings: Any
 ) -> None:
-    request_db(monkeypatch, sandbox, postgres_url)
+    request_db(process_settings, sandbox, postgres_url)
     now = datetime(2026, 11, 24, 9, 0, tzinfo=SHANGHAI)
     patient_ids = [make_patient(f"崩溃{i:02d}", f"+861380014{7000 + i}", f"oKill{i:021d}") for i in range(20)]
     for patient_id in patient_ids:
