@@ -4,10 +4,11 @@ and a patient's opt-out of messages."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import List, Optional
 
 from rasa_sdk import Action, Tracker
-from rasa_sdk.events import ActiveLoop, EventType, SlotSet
+from rasa_sdk.events import ActiveLoop, ConversationPaused, EventType, SlotSet
 from rasa_sdk.executor import CollectingDispatcher
 from rasa_sdk.types import DomainDict
 
@@ -38,23 +39,43 @@ def conversation_summary(tracker: Tracker, turns: int = 6) -> str:
     return " / ".join(text for text in texts if text)
 
 
-async def escalate(tracker: Tracker, reason: str, detail: str = "") -> int:
-    """Open an escalation for this conversation: why, how urgent (by reason) and what the patient said."""
+@dataclass(frozen=True)
+class Ticket:
+    """An escalation as the patient hears of it: queue position, expected wait, whether the bot now goes quiet."""
+
+    id: int
+    pauses_bot: bool
+    ahead: int
+    minutes: int
+
+    def paused(self) -> List[EventType]:
+        """The events that stop the bot for this conversation until a nurse hands it back."""
+        return [ConversationPaused()] if self.pauses_bot else []
+
+
+async def escalate(tracker: Tracker, reason: str, detail: str = "") -> Ticket:
+    """Open (or add to) this conversation's escalation: why, how urgent (by reason) and what the patient said."""
     patient_id: Optional[int] = tracker.get_slot(names.PATIENT_ID)
     summary = (f"[{detail}] " if detail else "") + conversation_summary(tracker)
     channel = channel_of(tracker)
-    escalation = await in_db(
-        lambda session: escalations.open_escalation(
-            session,
+    department = tracker.get_slot(names.TRIAGE_DEPARTMENT) or tracker.get_slot(names.DEPARTMENT)
+
+    def open_one(session: object) -> Ticket:
+        escalation = escalations.open_escalation(
+            session,  # type: ignore[arg-type]
             sender_id=tracker.sender_id,
             channel=channel,
             reason=reason,
             summary=summary,
             patient_id=int(patient_id) if patient_id else None,
+            department_code=department if isinstance(department, str) else None,
         )
-    )
-    logger.info("escalation %s opened (%s)", escalation.id, reason)
-    return escalation.id
+        wait = escalations.wait_estimate(session, escalation)  # type: ignore[arg-type]
+        return Ticket(escalation.id, escalation.pauses_bot, wait.ahead, wait.minutes)
+
+    ticket = await in_db(open_one)
+    logger.info("escalation %s opened (%s, pauses bot: %s)", ticket.id, reason, ticket.pauses_bot)
+    return ticket
 
 
 def leave_form(tracker: Tracker) -> List[EventType]:
@@ -83,9 +104,9 @@ class RequestHuman(Action):
         return "action_request_human"
 
     async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> List[EventType]:
-        await escalate(tracker, "request_human")
-        dispatcher.utter_message(response="utter_human_requested")
-        return leave_form(tracker)
+        ticket = await escalate(tracker, "request_human")
+        dispatcher.utter_message(response="utter_human_requested", ahead=ticket.ahead, minutes=ticket.minutes)
+        return [*leave_form(tracker), *ticket.paused()]
 
 
 class Complaint(Action):
@@ -93,9 +114,9 @@ class Complaint(Action):
         return "action_complaint"
 
     async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> List[EventType]:
-        await escalate(tracker, "complaint")
-        dispatcher.utter_message(response="utter_complaint_recorded")
-        return leave_form(tracker)
+        ticket = await escalate(tracker, "complaint")
+        dispatcher.utter_message(response="utter_complaint_recorded", ahead=ticket.ahead, minutes=ticket.minutes)
+        return [*leave_form(tracker), *ticket.paused()]
 
 
 class OptOut(Action):

@@ -81,10 +81,16 @@ async def answer_emergency(dispatcher: CollectingDispatcher, tracker: Tracker, r
         dispatcher.utter_message(response="utter_emergency_family", subject=result.subject, reasons=reasons, **facts)
     else:
         dispatcher.utter_message(response="utter_emergency", reasons=reasons, **facts)
-    await escalate(tracker, "crisis" if result.crisis else "red_flag", detail=f"level {result.level}: {reasons}")
+    reason = "crisis" if result.crisis else "red_flag"
+    ticket = await escalate(tracker, reason, detail=f"level {result.level}: {reasons}")
     await _record(tracker, result)
     logger.info("emergency answered: level %s, crisis %s", result.level, result.crisis)
-    return [*leave_form(tracker), SlotSet(names.TRIAGE_DEPARTMENT, None), SlotSet(names.TRIAGE_OPTIONS, None)]
+    return [
+        *leave_form(tracker),
+        SlotSet(names.TRIAGE_DEPARTMENT, None),
+        SlotSet(names.TRIAGE_OPTIONS, None),
+        *ticket.paused(),  # a nurse follows up in this chat; everything the patient writes meanwhile is kept
+    ]
 
 
 class Emergency(Action):

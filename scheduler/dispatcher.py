@@ -208,12 +208,13 @@ class RasaTrigger:
 
     def __init__(self, rasa_url: str) -> None:
         self.rasa_url = rasa_url.rstrip("/")
+        self.token = os.environ.get("RASA_TOKEN", "")  # Rasa's --auth-token
         self.http = requests.Session()
 
     def trigger(self, sender_id: str, channel: str, intent: str, entities: Mapping[str, Any]) -> None:
         response = self.http.post(
             f"{self.rasa_url}/conversations/{sender_id}/trigger_intent",
-            params={"output_channel": channel},
+            params={"output_channel": channel, **({"token": self.token} if self.token else {})},
             json={"name": intent, "entities": dict(entities)},
             timeout=30,
         )

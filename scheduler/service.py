@@ -4,6 +4,8 @@
 - `extend_plans` (hourly): write the next rows of every active plan up to the horizon.
 - `daily_checks` (daily, 07:00 in the hospital's zone): e.g. no blood-pressure reading for 14 days → a nurse
   alert (an escalation for the console).
+- `escalation_deadlines` (every 30 seconds): an escalation left unclaimed past its priority's deadline texts the
+  on-call nurses, once (scheduler/alerts.py).
 
 The jobs live in APScheduler's SQLAlchemy job store in the CRM database (table `apscheduler_jobs`), so a
 restarted scheduler keeps its schedule and misfire policy; several schedulers may run (the outbox claims keep
@@ -12,6 +14,7 @@ them apart; `max_instances=1` and coalescing keep one process from piling up run
 
     .venv/bin/python -m scheduler                # runs until stopped (SIGTERM/Ctrl-C)
     .venv/bin/python -m scheduler dispatch-once  # one pass over what is due now, then exit
+    .venv/bin/python -m scheduler alert-overdue  # text the on-call nurses about overdue escalations, once
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from bot.crm import care
 from bot.crm.escalations import open_escalation
 from bot.crm.models import CarePlan, Escalation, EscalationStatus, MeasurementReading, Patient, Prescription
 from bot.db import session_scope
-from scheduler import plans
+from scheduler import alerts, plans
 
 logger = logging.getLogger(__name__)
 JOB_TABLE = "apscheduler_jobs"
@@ -82,6 +85,12 @@ def daily_checks(now: Optional[datetime] = None) -> int:
                 if step.kind.kind == "check" and step.spec.get("check") == "no_reading":
                     opened += _check_no_reading(session, plan, step, moment)
     return opened
+
+
+def escalation_deadlines() -> None:
+    alerted = alerts.alert_overdue_escalations()
+    if alerted:
+        logger.info("escalation_deadlines: %s overdue escalations alerted", alerted)
 
 
 MISSED_DAYS_ALERT = 3  # three days in a row without a confirmed dose: a nurse calls
@@ -179,6 +188,15 @@ def build_scheduler(database_url: Optional[str] = None, dispatch_seconds: float 
     scheduler.add_job(
         "scheduler.service:daily_checks", "cron", hour=7, minute=0, id="daily_checks", replace_existing=True
     )
+    scheduler.add_job(
+        "scheduler.service:escalation_deadlines",
+        "interval",
+        seconds=30,
+        id="escalation_deadlines",
+        replace_existing=True,
+        coalesce=True,
+        max_instances=1,
+    )
     return scheduler
 
 
@@ -263,7 +281,10 @@ def chart_command(patient_id: Optional[int], kind: str, days: int, out: Optional
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scheduler", description="care-plan scheduler")
     parser.add_argument(
-        "command", nargs="?", default="serve", choices=["serve", "dispatch-once", "extend", "check", "chart"]
+        "command",
+        nargs="?",
+        default="serve",
+        choices=["serve", "dispatch-once", "extend", "check", "chart", "alert-overdue"],
     )
     parser.add_argument("--port", type=int, default=int(os.environ.get("SCHEDULER_PORT", "5077")))
     parser.add_argument("--patient", type=int, help="chart: the patient's id")
@@ -284,6 +305,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     if args.command == "check":
         print(f"{daily_checks()} alerts opened")
+        return 0
+    if args.command == "alert-overdue":
+        print(f"{alerts.alert_overdue_escalations()} overdue escalations alerted")
         return 0
     serve(args.port)
     return 0

@@ -6,7 +6,16 @@ cd "$(dirname "$0")/.."
 RASA_PORT=${RASA_PORT:-5005}
 ACTIONS_PORT=${ACTIONS_PORT:-5055}
 SANDBOX_PORT=${SANDBOX_PORT:-5099}
+CONSOLE_PORT=${CONSOLE_PORT:-5088}
 mkdir -p var/log
+
+# Rasa's HTTP API (trigger_intent for reminders, the console's pause/reply/resume) is on loopback and needs this
+# token; a deployment sets RASA_TOKEN itself.
+if [ -z "${RASA_TOKEN:-}" ]; then
+  [ -s var/rasa_token ] || (umask 077; .venv/bin/python -c "import secrets; print(secrets.token_urlsafe(32))" >var/rasa_token)
+  RASA_TOKEN=$(cat var/rasa_token)
+fi
+export RASA_TOKEN RASA_URL="http://127.0.0.1:${RASA_PORT}" CONSOLE_URL="http://127.0.0.1:${CONSOLE_PORT}"
 
 # Without real provider settings every channel talks to the local sandbox (WeChat and Twilio APIs on
 # loopback); a deployment that sets SANDBOX_URL to something else, or "off", runs without it.
@@ -22,15 +31,21 @@ if [ "$SANDBOX_URL" = "http://127.0.0.1:${SANDBOX_PORT}" ]; then
   pids+=($!)
   with_sandbox=1
 fi
-RASA_URL="http://127.0.0.1:${RASA_PORT}" SCHEDULER_PORT=${SCHEDULER_PORT:-5077} \
-  .venv/bin/python -m scheduler >var/log/scheduler.log 2>&1 &
+SCHEDULER_PORT=${SCHEDULER_PORT:-5077} .venv/bin/python -m scheduler >var/log/scheduler.log 2>&1 &
+pids+=($!)
+# The nurse console. On the first run, demo logins are created and kept in var/console-demo-logins.txt.
+if [ ! -s var/console-demo-logins.txt ]; then
+  (umask 077; .venv/bin/python -m console demo-staff >var/console-demo-logins.txt)
+fi
+.venv/bin/python -m console serve --port "$CONSOLE_PORT" >var/log/console.log 2>&1 &
 pids+=($!)
 .venv/bin/rasa run actions --port "$ACTIONS_PORT" --actions actions >var/log/actions.log 2>&1 &
 pids+=($!)
 # endpoints.yml names the action server's default port; follow ACTIONS_PORT when it is changed
 sed "s#127.0.0.1:5055#127.0.0.1:${ACTIONS_PORT}#" endpoints.yml >var/endpoints.yml
 .venv/bin/rasa run --model models/current.tar.gz --port "$RASA_PORT" --interface 127.0.0.1 \
-  --endpoints var/endpoints.yml --credentials credentials.yml >var/log/rasa.log 2>&1 &
+  --endpoints var/endpoints.yml --credentials credentials.yml --enable-api --auth-token "$RASA_TOKEN" \
+  >var/log/rasa.log 2>&1 &
 pids+=($!)
 
 echo "Starting the assistant (loading the model takes about a minute; logs in var/log/)..."
@@ -41,6 +56,7 @@ for _ in $(seq 1 180); do
     echo "  Web chat:  http://127.0.0.1:${RASA_PORT}/webhooks/webchat/"
     echo "  REST API:  POST http://127.0.0.1:${RASA_PORT}/webhooks/rest/webhook"
     echo "  Scheduler: http://127.0.0.1:${SCHEDULER_PORT:-5077}/health   (care-plan reminders; see README)"
+    echo "  Console:   http://127.0.0.1:${CONSOLE_PORT}/   (nurse takeover; demo logins in var/console-demo-logins.txt)"
     if [ -n "${with_sandbox:-}" ]; then
       echo "  Sandbox:   http://127.0.0.1:${SANDBOX_PORT}/   (write as a WeChat or SMS patient; see what each patient received)"
     fi

@@ -28,6 +28,8 @@ INTENTS_WITHOUT_EXAMPLES = {
     "EXTERNAL_medication_reminder",
     "EXTERNAL_measurement_request",
     "EXTERNAL_revisit_reminder",
+    # sent by the nurse console when a nurse hands a conversation back
+    "EXTERNAL_handback",
 }
 
 

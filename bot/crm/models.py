@@ -212,7 +212,10 @@ class Escalation(Base):
     """A conversation handed to a human, with why and how urgent (1 = most urgent)."""
 
     __tablename__ = "escalations"
-    __table_args__ = (Index("ix_escalations_status_priority", "status", "priority", "created_at"),)
+    __table_args__ = (
+        Index("ix_escalations_status_priority", "status", "priority", "created_at"),
+        Index("ix_escalations_claimed_by", "claimed_by_id"),
+    )
 
     id = Column(Integer, primary_key=True)
     patient_id = Column(Integer, ForeignKey("patients.id", ondelete="SET NULL"), nullable=True)
@@ -226,6 +229,69 @@ class Escalation(Base):
         nullable=False,
         default=EscalationStatus.OPEN,
     )
+    created_at = Column(DateTime, nullable=False, default=utcnow)
+    department_code = Column(String(16), nullable=True)  # the queue's department filter (triage or booking)
+    pauses_bot = Column(Boolean, nullable=False, default=False)  # the bot went quiet when it was opened
+    claimed_by_id = Column(Integer, ForeignKey("staff_users.id"), nullable=True)
+    claimed_at = Column(DateTime, nullable=True)
+    resolved_by_id = Column(Integer, ForeignKey("staff_users.id"), nullable=True)
+    resolved_at = Column(DateTime, nullable=True)
+    resolution = Column(String(200), nullable=True)
+    deadline_alerted_at = Column(DateTime, nullable=True)  # the on-call nurse was alerted (once)
+
+    claimed_by = relationship("StaffUser", foreign_keys=[claimed_by_id])
+    resolved_by = relationship("StaffUser", foreign_keys=[resolved_by_id])
+
+
+class StaffRole(str, enum.Enum):
+    NURSE = "nurse"
+    ADMIN = "admin"
+
+
+class StaffUser(Base):
+    """A console login. `password_hash` is scrypt (console.auth); `phone` is the on-call alert number."""
+
+    __tablename__ = "staff_users"
+
+    id = Column(Integer, primary_key=True)
+    username = Column(String(64), nullable=False, unique=True)
+    display_name = Column(String(64), nullable=False)
+    password_hash = Column(String(255), nullable=False)
+    role = Column(_status_type(StaffRole, "staff_role"), nullable=False, default=StaffRole.NURSE)
+    department_code = Column(String(16), nullable=True)
+    phone = Column(String(20), nullable=True)
+    on_call = Column(Boolean, nullable=False, default=False)
+    active = Column(Boolean, nullable=False, default=True)
+    created_at = Column(DateTime, nullable=False, default=utcnow)
+    last_login_at = Column(DateTime, nullable=True)
+
+
+class ConsoleSession(Base):
+    """A logged-in console session. `id` is the SHA-256 of the cookie's random token: a stolen database
+    does not give working cookies. Logout or expiry deletes the row."""
+
+    __tablename__ = "console_sessions"
+
+    id = Column(String(64), primary_key=True)
+    user_id = Column(Integer, ForeignKey("staff_users.id", ondelete="CASCADE"), nullable=False, index=True)
+    csrf_token = Column(String(64), nullable=False)
+    created_at = Column(DateTime, nullable=False, default=utcnow)
+    expires_at = Column(DateTime, nullable=False)
+    last_seen_at = Column(DateTime, nullable=False, default=utcnow)
+
+    user = relationship("StaffUser")
+
+
+class PatientTag(Base):
+    """A label staff put on a patient (高血压随访, 行动不便, 需家属陪同), shown in the console's patient panel."""
+
+    __tablename__ = "patient_tags"
+    __table_args__ = (UniqueConstraint("patient_id", "tag", name="uq_patient_tags"),)
+
+    id = Column(Integer, primary_key=True)
+    patient_id = Column(Integer, ForeignKey("patients.id", ondelete="CASCADE"), nullable=False, index=True)
+    tag = Column(String(32), nullable=False)
+    created_by = Column(String(64), nullable=False)
     created_at = Column(DateTime, nullable=False, default=utcnow)
 
 

@@ -65,7 +65,7 @@ def test_jobs_persist_in_the_job_store_and_a_restart_is_fast(sqlite_url: str) ->
     first.shutdown(wait=False)
     with create_engine(sqlite_url).connect() as connection:
         stored = set(connection.execute(text(f"SELECT id FROM {service.JOB_TABLE}")).scalars())
-    assert stored == {"dispatch", "extend_plans", "daily_checks"}
+    assert stored == {"dispatch", "extend_plans", "daily_checks", "escalation_deadlines"}
     started = time.monotonic()
     again = service.build_scheduler(sqlite_url, dispatch_seconds=3600)
     again.start(paused=True)
