@@ -203,6 +203,33 @@ def test_asking_for_a_person_records_an_escalation(conversation, dialogue_db) ->
     assert escalation.reason == "request_human" and escalation.priority == 2
 
 
+def test_the_bot_goes_quiet_for_a_nurse_keeps_every_message_and_comes_back_when_handed_back(
+    conversation, agent, event_loop_for_agent
+) -> None:
+    from rasa.core.channels.channel import CollectingOutputChannel
+    from rasa.shared.core.events import ActionExecuted, ActiveLoop, ConversationResumed
+
+    reply = conversation.say_text("我要找护士")
+    assert "前面还有" in reply and "分钟" in reply  # what happens next and how long
+    assert conversation.tracker().is_paused()
+    assert conversation.say_text("我头有点晕，还在吗") == ""  # no bot answer while a nurse is coming
+    assert conversation.say_text("我想挂号") == ""
+    texts = [e.text for e in conversation.tracker().events if e.type_name == "user"]
+    assert texts[-2:] == ["我头有点晕，还在吗", "我想挂号"]  # but every message is kept
+    output = CollectingOutputChannel()
+
+    async def hand_back() -> None:  # what the console does on resolve, through Rasa's HTTP API
+        tracker = await agent.processor.fetch_tracker_with_initial_session(conversation.sender_id, output)
+        for event in (ConversationResumed(), ActiveLoop(None), ActionExecuted("action_listen")):
+            tracker.update(event)
+        await agent.processor.save_tracker(tracker)
+        await agent.trigger_intent("EXTERNAL_handback", {}, output, tracker)
+
+    event_loop_for_agent.run_until_complete(hand_back())
+    assert "护士已结束本次对话" in "\n".join(m.get("text") or "" for m in output.messages)
+    assert "姓名" in conversation.say_text("我想挂明天上午心内科的号")  # the bot answers again
+
+
 def test_opt_out_is_recorded_for_the_channel(conversation, dialogue_db) -> None:
     assert "退订" in conversation.say_text("别再给我发消息了，退订")
     with session_scope(dialogue_db) as session:
