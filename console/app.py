@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import secrets
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Dict, List, Optional, TypeVar
@@ -40,6 +41,7 @@ COOKIE = "console_session"
 LOGIN_CSRF_COOKIE = "console_login_csrf"
 PUBLIC_PATHS = ("/login", "/health", "/ready", "/static/", "/favicon.ico")
 MAX_REPLY_CHARS = 1000
+DASHBOARD_TTL = 60.0  # seconds a dashboard computation is reused
 T = TypeVar("T")
 
 
@@ -124,6 +126,8 @@ class Console:
         self.secure_cookies = secure_cookies
         self.templates = _templates()
         self.hub = Hub(history, describe_queue, interval=poll_interval)
+        self._dashboard_cache: Dict[int, Any] = {}
+        self._dashboard_lock = asyncio.Lock()
 
     # --- rendering and request helpers ---------------------------------------------------------------
 
@@ -462,21 +466,29 @@ class Console:
 
     # --- dashboard and admin ---------------------------------------------------------------------------
 
-    async def dashboard_page(self, request: web.Request) -> web.Response:
+    async def _dashboard(self, days: int) -> tuple[Any, Dict[str, bytes]]:
+        """The figures and charts for `days`, computed at most once a minute per window: six chart requests per
+        page view share one computation."""
         from console import dashboard
 
-        days = min(max(int(request.query.get("days", "30") or 30), 1), 365)
-        data = await in_db(lambda session: dashboard.metrics(session, days=days))
+        async with self._dashboard_lock:
+            cached = self._dashboard_cache.get(days)
+            if cached is None or time.monotonic() - cached[0] > DASHBOARD_TTL:
+                # the console and escalation rows run on the wall clock (models.utcnow), not a demo clock
+                data = await in_db(lambda session: dashboard.metrics(session, days=days, now=utcnow()))
+                pngs = await asyncio.to_thread(dashboard.chart_pngs, data, get_settings().locale)
+                cached = self._dashboard_cache[days] = (time.monotonic(), data, pngs)
+        return cached[1], cached[2]
+
+    async def dashboard_page(self, request: web.Request) -> web.Response:
+        days = _int_query(request, "days", 30, 1, 365)
+        data, _ = await self._dashboard(days)
         await in_db(lambda session: audit.record(session, self.user(request).username, "view", "dashboard", days))
-        return self.render(request, "dashboard.html", data=data.as_json(), days=days)
+        return self.render(request, "dashboard.html", summary=data.as_json()["summary"], days=days)
 
     async def dashboard_chart(self, request: web.Request) -> web.Response:
-        from console import dashboard
-
+        _, pngs = await self._dashboard(_int_query(request, "days", 30, 1, 365))
         name = request.match_info["name"]
-        days = min(max(int(request.query.get("days", "30") or 30), 1), 365)
-        data = await in_db(lambda session: dashboard.metrics(session, days=days))
-        pngs = await asyncio.to_thread(dashboard.chart_pngs, data, get_settings().locale)
         if name not in pngs:
             raise web.HTTPNotFound(text="no such chart")
         return web.Response(body=pngs[name], content_type="image/png")
@@ -484,7 +496,7 @@ class Console:
     async def audit_page(self, request: web.Request) -> web.Response:
         actor = request.query.get("actor", "").strip()
         patient = request.query.get("patient_id", "").strip()
-        page = max(int(request.query.get("page", "1") or 1), 1)
+        page = _int_query(request, "page", 1, 1, 100000)
         admin = self.user(request).username
 
         def read(session: Session) -> List[AuditEntry]:
@@ -536,6 +548,14 @@ class Console:
         finally:
             self.hub.watchers.discard(watcher)
         return socket
+
+
+def _int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    try:
+        value = int(request.query.get(name) or default)
+    except ValueError as error:
+        raise web.HTTPBadRequest(text=f"{name} must be a whole number") from error
+    return min(max(value, low), high)
 
 
 def _claimed(result: escalations.ClaimResult) -> Optional[tuple[bool, Optional[str], str, bool]]:

@@ -240,3 +240,17 @@ def test_history_shows_patient_bot_and_nurse_turns_in_order(console: ConsoleWorl
         ("patient", "我还在等"),
         ("nurse", "我来了"),
     ]
+
+
+def test_the_dashboard_shows_its_figures_and_charts_and_refuses_a_bad_window(console: ConsoleWorld) -> None:
+    escalation_id = console.escalate()
+    nurse = console.login("nurse")
+    page = nurse.get(f"{console.url}/dashboard?days=7", timeout=10)
+    assert page.status_code == 200 and "转人工" in page.text
+    tiles = re.search(r'<div class="tiles" id="summary">(.*?)</div>\s*<div class="charts">', page.text, re.S).group(1)
+    assert "<span>待接手</span><strong>1</strong>" in re.sub(r"\s+", "", tiles).replace("<div>", "")
+    chart = nurse.get(f"{console.url}/dashboard/escalations.png?days=7", timeout=30)
+    assert chart.headers["Content-Type"] == "image/png" and chart.content.startswith(b"\x89PNG")
+    assert nurse.get(f"{console.url}/dashboard?days=abc", timeout=10).status_code == 400
+    assert nurse.get(f"{console.url}/dashboard/nothing.png", timeout=10).status_code == 404
+    assert escalation_id
