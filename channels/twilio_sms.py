@@ -39,6 +39,7 @@ from sanic.response import HTTPResponse
 from bot.crm import consent
 from bot.db import session_scope
 from bot.kv import KeyValueStore
+from bot.observability import metered
 from bot.outbound import OutboundMessage, Providers, Undeliverable, record_status, send_to_address
 from bot.outbound.settings import get_provider_settings
 from channels.common import ChoiceMemory, Deduplicator, mask, merge_messages
@@ -265,6 +266,7 @@ class TwilioSmsInput(TwilioWebhookChannel):
         await self.replies().send(sms.phone, merge_messages(collector.messages))
 
     def blueprint(self, on_new_message: OnNewMessage) -> Blueprint:
+        on_new_message = metered(on_new_message, "sms")  # messages in and out, turn latency
         sms = Blueprint(f"custom_webhook_{type(self).__name__}")
 
         @sms.route("/health", methods=["GET"])

@@ -40,6 +40,7 @@ from bot.config import DATA_DIR, get_settings
 from bot.crm.models import Delivery
 from bot.db import session_scope
 from bot.kv import KeyValueStore, get_store
+from bot.observability import metered
 from bot.outbound import Choice, OutboundMessage, record_status
 from bot.outbound.providers import split_text
 from channels.common import ChoiceMemory, mask, merge_messages
@@ -326,6 +327,7 @@ class TwilioVoiceInput(TwilioWebhookChannel):
         return sender_id_for(CHANNEL, patient)
 
     def blueprint(self, on_new_message: OnNewMessage) -> Blueprint:
+        on_new_message = metered(on_new_message, "voice")  # messages in and out, turn latency
         voice = Blueprint(f"custom_webhook_{type(self).__name__}")
 
         @voice.route("/health", methods=["GET"])

@@ -35,6 +35,8 @@ from sanic import Blueprint, response
 from sanic.request import Request
 from sanic.response import HTTPResponse
 
+from bot.observability import metered
+
 logger = logging.getLogger(__name__)
 
 PAGE_PATH = Path(__file__).resolve().parent / "static" / "webchat.html"
@@ -106,6 +108,7 @@ class WebChatInput(RestInput):
         return "webchat"
 
     def blueprint(self, on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> Blueprint:
+        on_new_message = metered(on_new_message, "webchat")  # messages in and out, turn latency
         # RestInput.blueprint already binds GET "/" to its health check, which clashes with the
         # page, and it does no validation, so the routes are defined here from scratch.
         webchat = Blueprint(f"custom_webhook_{type(self).__name__}")

@@ -35,6 +35,7 @@ from sanic.request import Request
 from sanic.response import HTTPResponse
 
 from bot.config import DATA_DIR
+from bot.observability import metered
 from bot.outbound import OutboundMessage, Undeliverable, send_to_address
 from bot.outbound.providers import WECHAT_TEXT_LIMIT, numbered_text
 from bot.outbound.settings import WeChatSettings, get_provider_settings
@@ -290,6 +291,7 @@ class WeChatInput(InputChannel):
 
     # the webhook ------------------------------------------------------------------------------
     def blueprint(self, on_new_message: Handler) -> Blueprint:
+        on_new_message = metered(on_new_message, "wechat")  # messages in and out, turn latency
         wechat = Blueprint(f"custom_webhook_{type(self).__name__}")
 
         @wechat.route("/health", methods=["GET"])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import logging
 import os
 import secrets
 import sys
@@ -67,7 +66,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     add.add_argument("--on-call", action="store_true")
     commands.add_parser("demo-staff", help="create demo logins on an empty database and print them")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from bot.observability import configure_logging
+
+    configure_logging("console")
     if args.command == "add-user":
         password = _password(f"password for {args.username}: ")
         try:

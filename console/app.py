@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 COOKIE = "console_session"
 LOGIN_CSRF_COOKIE = "console_login_csrf"
-PUBLIC_PATHS = ("/login", "/health", "/ready", "/static/", "/favicon.ico")
+PUBLIC_PATHS = ("/login", "/health", "/ready", "/static/", "/favicon.ico", "/metrics")
 MAX_REPLY_CHARS = 1000
 DASHBOARD_TTL = 60.0  # seconds a dashboard computation is reused
 T = TypeVar("T")
@@ -203,6 +203,16 @@ class Console:
         return await handler(request)
 
     # --- public ----------------------------------------------------------------------------------------
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        """Counts for Prometheus (escalations waiting, outbox depth): no patient data; METRICS_TOKEN guards it."""
+        from bot import observability
+        from channels.metrics import authorized
+
+        if not authorized(request.headers.get("Authorization", ""), os.environ.get("METRICS_TOKEN", "")):
+            raise web.HTTPUnauthorized(text="metrics token required")
+        body, content_type = await asyncio.to_thread(observability.exposition)
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def favicon(self, request: web.Request) -> web.Response:
         return web.Response(status=204)
@@ -580,6 +590,7 @@ def make_app(
     routes = [
         web.get("/health", console.health),
         web.get("/favicon.ico", console.favicon),
+        web.get("/metrics", console.metrics),
         web.get("/ready", console.ready),
         web.get("/login", console.login_page),
         web.post("/login", console.login),
@@ -601,6 +612,9 @@ def make_app(
         web.static("/static", str(HERE / "static")),
     ]
     app.add_routes(routes)
+    from bot import observability
+
+    observability.register_store_metrics()
     app.on_startup.append(console.hub.start)
     app.on_shutdown.append(console.hub.stop)
     return app

@@ -31,7 +31,7 @@ from typing import Any, List, Optional
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from bot import clock, notices
+from bot import clock, notices, observability
 from bot.config import get_settings
 from bot.crm import care
 from bot.crm.escalations import open_escalation
@@ -206,6 +206,17 @@ async def _health(request: Any) -> Any:
     return web.json_response({"status": "ok", "jobs": [job.id for job in request.app["scheduler"].get_jobs()]})
 
 
+async def _metrics(request: Any) -> Any:
+    from aiohttp import web
+
+    from channels.metrics import authorized
+
+    if not authorized(request.headers.get("Authorization", ""), os.environ.get("METRICS_TOKEN", "")):
+        raise web.HTTPUnauthorized(text="metrics token required")
+    body, content_type = observability.exposition()
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
 def serve(port: int) -> None:
     """Run the jobs and the HTTP server until SIGTERM or Ctrl-C."""
     from aiohttp import web
@@ -215,6 +226,8 @@ def serve(port: int) -> None:
     app = web.Application(client_max_size=20 * 1024 * 1024)
     app["scheduler"] = scheduler
     app.router.add_get("/health", _health)
+    app.router.add_get("/metrics", _metrics)
+    observability.register_store_metrics()
     try:
         from scheduler import importer
 
@@ -295,7 +308,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "chart":
         return chart_command(args.patient, args.kind, args.days, args.out, args.send)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    observability.configure_logging("scheduler")
     if args.command == "dispatch-once":
         stats = dispatcher().run_until_idle()
         print(stats)

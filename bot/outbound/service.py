@@ -21,6 +21,7 @@ from bot.crm import consent
 from bot.crm.models import ChannelIdentity, Delivery, DeliveryStatus, Patient
 from bot.db import session_scope
 from bot.errors import DomainError, UnknownPatient
+from bot.observability import MESSAGES_OUT
 from bot.outbound.providers import OutboundMessage, ProviderError, Providers, get_providers
 
 logger = logging.getLogger(__name__)
@@ -166,6 +167,7 @@ def attempt_sends(
             outcomes.append(Outcome(channel, address, DeliveryStatus.FAILED, error_code="internal",
                                     error=type(error).__name__, delivery_id=delivery_id))  # fmt: skip
             continue
+        MESSAGES_OUT.labels(channel, "push").inc()
         outcomes.append(Outcome(channel, address, DeliveryStatus.SENT, kind=result.kind,
                                 provider_message_id=result.provider_message_id,
                                 error="; ".join(result.notes) or None, delivery_id=delivery_id))  # fmt: skip

@@ -17,7 +17,7 @@ from console.app import COOKIE, make_app
 from tests.console.conftest import ConsoleWorld, a_patient, add_event
 
 CONCRETE = {"escalation_id": "1", "patient_id": "1", "kind": "blood_pressure", "name": "followups"}
-PUBLIC = ("/login", "/health", "/ready", "/static", "/favicon.ico")
+PUBLIC = ("/login", "/health", "/ready", "/static", "/favicon.ico", "/metrics")
 
 
 def _routes() -> list:
@@ -254,3 +254,15 @@ def test_the_dashboard_shows_its_figures_and_charts_and_refuses_a_bad_window(con
     assert nurse.get(f"{console.url}/dashboard?days=abc", timeout=10).status_code == 400
     assert nurse.get(f"{console.url}/dashboard/nothing.png", timeout=10).status_code == 404
     assert escalation_id
+
+
+def test_metrics_are_counts_only_and_a_token_guards_them(console: ConsoleWorld, monkeypatch: Any) -> None:
+    console.escalate(priority=1)
+    scraped = requests.get(f"{console.url}/metrics", timeout=10)
+    assert scraped.status_code == 200
+    assert 'hospital_escalations_waiting{priority="1"} 1.0' in scraped.text
+    assert "+86" not in scraped.text and "找人工" not in scraped.text
+    monkeypatch.setenv("METRICS_TOKEN", "scrape-me")
+    assert requests.get(f"{console.url}/metrics", timeout=10).status_code == 401
+    guarded = requests.get(f"{console.url}/metrics", headers={"Authorization": "Bearer scrape-me"}, timeout=10)
+    assert guarded.status_code == 200

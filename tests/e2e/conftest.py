@@ -23,6 +23,7 @@ CREDENTIALS = """
 channels.wechat.WeChatInput:
 channels.twilio_sms.TwilioSmsInput:
 channels.twilio_voice.TwilioVoiceInput:
+channels.metrics.MetricsInput:
 """
 ENDPOINTS = """
 action_endpoint:
