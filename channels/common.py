@@ -152,3 +152,42 @@ def parse_form(body: bytes) -> Dict[str, str]:
     Raises ValueError on bytes that are not UTF-8."""
     text = body.decode("utf-8")
     return dict(parse_qsl(text, keep_blank_values=True))
+
+
+def transient(error: BaseException) -> bool:
+    """A store that is restarting or unreachable (PostgreSQL, Redis, the lock store): worth trying again."""
+    import redis
+    from rasa.core.lock_store import LockError
+    from sqlalchemy import exc
+
+    if isinstance(error, (exc.OperationalError, exc.InterfaceError, redis.exceptions.ConnectionError,
+                          redis.exceptions.TimeoutError, LockError, ConnectionError)):  # fmt: skip
+        return True
+    return isinstance(error, exc.DBAPIError) and bool(error.connection_invalidated)
+
+
+def retrying(on_new_message: Any, deadline: float = 60.0, first_wait: float = 0.5) -> Any:
+    """Run a turn again while the stores are coming back (a PostgreSQL or Redis restart), for up to `deadline`
+    seconds, so the patient's message is not lost. A failed turn sent nothing (the channels collect the answer
+    and send it after the turn), so a retry gives one answer; other errors are raised at once."""
+    import asyncio
+    import functools
+    import time
+
+    @functools.wraps(on_new_message)
+    async def handle(message: Any) -> Any:
+        started, wait = time.monotonic(), first_wait
+        while True:
+            try:
+                return await on_new_message(message)
+            except Exception as error:
+                if not transient(error) or time.monotonic() - started + wait > deadline:
+                    raise
+                logger.warning("turn for %s failed (%s); trying again in %.1f s", mask(message.sender_id),
+                               type(error).__name__, wait)  # fmt: skip
+                if hasattr(message.output_channel, "messages"):
+                    message.output_channel.messages.clear()  # nothing of the failed attempt is sent
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, 8.0)
+
+    return handle

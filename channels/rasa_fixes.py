@@ -16,6 +16,7 @@ Imported by channels/__init__.py, so every `rasa run` that loads our channels or
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from typing import Any, Dict
 
@@ -26,6 +27,8 @@ from rasa.shared.constants import DOCS_BASE_URL
 
 # conversation channel -> the name of the input channel that can send on it
 OUTPUT_CHANNEL_ALIASES = {"sms": "twilio_sms", "voice": "twilio_voice"}
+
+logger = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=1)
@@ -87,7 +90,71 @@ def _with_channel_aliases(original: Any) -> Any:
     return get_output_channel
 
 
+def _raise_store_errors() -> None:
+    """Rasa wraps every tracker store in FailSafeTrackerStore: when the database is unreachable, `retrieve`
+    answers "no such conversation" (the turn then runs on an empty conversation) and `save` writes to process
+    memory, so a PostgreSQL restart silently loses turns (measured: 1 of 18 messages in
+    tests/e2e/test_two_instances.py). The errors are raised instead; the channels run the turn again once the
+    store is back (channels.common.retrying)."""
+    from rasa.core.tracker_store import FailSafeTrackerStore
+
+    async def retrieve(self: Any, sender_id: str) -> Any:
+        return await self._tracker_store.retrieve(sender_id)
+
+    async def retrieve_full_tracker(self: Any, sender_id: str) -> Any:
+        return await self._tracker_store.retrieve_full_tracker(sender_id)
+
+    async def save(self: Any, tracker: Any) -> None:
+        await self._tracker_store.save(tracker)
+
+    FailSafeTrackerStore.retrieve = retrieve  # type: ignore[method-assign]
+    FailSafeTrackerStore.retrieve_full_tracker = retrieve_full_tracker  # type: ignore[method-assign]
+    FailSafeTrackerStore.save = save  # type: ignore[method-assign]
+
+
+STORE_RETRY_SECONDS = 40.0  # inside the conversation lock (LOCK_LIFETIME 60 s): later messages wait their turn
+
+
+def _retry_turns_inside_the_lock() -> None:
+    """A turn that failed because the tracker store or the CRM was unreachable is run again while the
+    conversation's lock is still held, so the patient's later messages wait behind it and are read in the order
+    they were written (retrying outside the lock let message 4 overtake message 3 during a PostgreSQL restart)."""
+    import asyncio
+    import time
+
+    from rasa.core.agent import Agent
+
+    from channels.common import transient
+
+    if getattr(Agent.handle_message, "__wrapped__", None):
+        return
+    original = Agent.handle_message
+
+    async def handle_message(self: Any, message: Any) -> Any:
+        if not self.is_ready():
+            return await original(self, message)
+        async with self.lock_store.lock(message.sender_id):
+            started, wait = time.monotonic(), 0.25
+            while True:
+                try:
+                    return await self.processor.handle_message(message)
+                except Exception as error:
+                    if not transient(error) or time.monotonic() - started + wait > STORE_RETRY_SECONDS:
+                        raise
+                    logger.warning("a store is unreachable (%s): the turn runs again in %.2f s",
+                                   type(error).__name__, wait)  # fmt: skip
+                    if hasattr(message.output_channel, "messages"):
+                        message.output_channel.messages.clear()
+                    await asyncio.sleep(wait)
+                    wait = min(wait * 2, 4.0)
+
+    handle_message.__wrapped__ = original  # type: ignore[attr-defined]
+    Agent.handle_message = handle_message  # type: ignore[method-assign]
+
+
 def apply() -> None:
+    _raise_store_errors()
+    _retry_turns_inside_the_lock()
     RemoteAction._validate_action_result = _validate_action_result  # type: ignore[method-assign]
     import rasa.server
     from rasa.shared.core.events import Event

@@ -42,7 +42,7 @@ from bot.kv import KeyValueStore
 from bot.observability import metered
 from bot.outbound import OutboundMessage, Providers, Undeliverable, record_status, send_to_address
 from bot.outbound.settings import get_provider_settings
-from channels.common import ChoiceMemory, Deduplicator, mask, merge_messages
+from channels.common import ChoiceMemory, Deduplicator, mask, merge_messages, retrying
 from channels.twilio_common import (
     BackgroundTasks,
     OnNewMessage,
@@ -266,7 +266,8 @@ class TwilioSmsInput(TwilioWebhookChannel):
         await self.replies().send(sms.phone, merge_messages(collector.messages))
 
     def blueprint(self, on_new_message: OnNewMessage) -> Blueprint:
-        on_new_message = metered(on_new_message, "sms")  # messages in and out, turn latency
+        # counted and timed; run again while a store restarts (the patient's message is not lost)
+        on_new_message = metered(retrying(on_new_message), "sms")
         sms = Blueprint(f"custom_webhook_{type(self).__name__}")
 
         @sms.route("/health", methods=["GET"])

@@ -43,7 +43,7 @@ from bot.kv import KeyValueStore, get_store
 from bot.observability import metered
 from bot.outbound import Choice, OutboundMessage, record_status
 from bot.outbound.providers import split_text
-from channels.common import ChoiceMemory, mask, merge_messages
+from channels.common import ChoiceMemory, mask, merge_messages, retrying
 from channels.twilio_common import (
     OnNewMessage,
     TwilioWebhookChannel,
@@ -327,7 +327,8 @@ class TwilioVoiceInput(TwilioWebhookChannel):
         return sender_id_for(CHANNEL, patient)
 
     def blueprint(self, on_new_message: OnNewMessage) -> Blueprint:
-        on_new_message = metered(on_new_message, "voice")  # messages in and out, turn latency
+        # counted and timed; run again while a store restarts (the patient's message is not lost)
+        on_new_message = metered(retrying(on_new_message, deadline=8.0), "voice")
         voice = Blueprint(f"custom_webhook_{type(self).__name__}")
 
         @voice.route("/health", methods=["GET"])

@@ -36,6 +36,7 @@ from sanic.request import Request
 from sanic.response import HTTPResponse
 
 from bot.observability import metered
+from channels.common import retrying
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +109,8 @@ class WebChatInput(RestInput):
         return "webchat"
 
     def blueprint(self, on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> Blueprint:
-        on_new_message = metered(on_new_message, "webchat")  # messages in and out, turn latency
+        # counted and timed; run again while a store restarts (the patient's message is not lost)
+        on_new_message = metered(retrying(on_new_message, deadline=20.0), "webchat")
         # RestInput.blueprint already binds GET "/" to its health check, which clashes with the
         # page, and it does no validation, so the routes are defined here from scratch.
         webchat = Blueprint(f"custom_webhook_{type(self).__name__}")

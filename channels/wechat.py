@@ -39,7 +39,7 @@ from bot.observability import metered
 from bot.outbound import OutboundMessage, Undeliverable, send_to_address
 from bot.outbound.providers import WECHAT_TEXT_LIMIT, numbered_text
 from bot.outbound.settings import WeChatSettings, get_provider_settings
-from channels.common import ChoiceMemory, Deduplicator, mask, merge_messages
+from channels.common import ChoiceMemory, Deduplicator, mask, merge_messages, retrying
 
 logger = logging.getLogger(__name__)
 
@@ -291,7 +291,8 @@ class WeChatInput(InputChannel):
 
     # the webhook ------------------------------------------------------------------------------
     def blueprint(self, on_new_message: Handler) -> Blueprint:
-        on_new_message = metered(on_new_message, "wechat")  # messages in and out, turn latency
+        # counted and timed; run again while a store restarts (the patient's message is not lost)
+        on_new_message = metered(retrying(on_new_message), "wechat")
         wechat = Blueprint(f"custom_webhook_{type(self).__name__}")
 
         @wechat.route("/health", methods=["GET"])

@@ -78,3 +78,54 @@ def test_form_parsing_keeps_blank_fields_twilio_signs() -> None:
     }
     with pytest.raises(ValueError):
         parse_form(b"Body=\xff")
+
+
+def test_a_turn_is_run_again_while_a_store_restarts_and_sends_one_answer() -> None:
+    import asyncio
+
+    from rasa.core.channels.channel import CollectingOutputChannel, UserMessage
+    from sqlalchemy.exc import OperationalError
+
+    from channels.common import retrying
+
+    calls = []
+
+    async def bot(message: UserMessage) -> str:
+        calls.append(message.text)
+        await message.output_channel.send_text_message(message.sender_id, f"answer {len(calls)}")
+        if len(calls) < 3:
+            raise OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
+        return "done"
+
+    output = CollectingOutputChannel()
+    result = asyncio.run(retrying(bot, first_wait=0.01)(UserMessage("你好", output, "p1")))
+    assert result == "done" and calls == ["你好"] * 3
+    assert [m["text"] for m in output.messages] == ["answer 3"]  # the failed attempts' answers are dropped
+
+
+def test_a_bug_is_not_retried_and_a_long_outage_gives_up() -> None:
+    import asyncio
+
+    import pytest
+    from rasa.core.channels.channel import CollectingOutputChannel, UserMessage
+    from rasa.core.lock_store import LockError
+
+    from channels.common import retrying
+
+    calls = []
+
+    async def broken(message: UserMessage) -> None:
+        calls.append(1)
+        raise KeyError("a bug")
+
+    with pytest.raises(KeyError):
+        asyncio.run(retrying(broken, first_wait=0.01)(UserMessage("x", CollectingOutputChannel(), "p")))
+    assert len(calls) == 1
+
+    async def locked(message: UserMessage) -> None:
+        calls.append(2)
+        raise LockError("redis down")
+
+    with pytest.raises(LockError):
+        asyncio.run(retrying(locked, deadline=0.2, first_wait=0.05)(UserMessage("x", CollectingOutputChannel(), "p")))
+    assert 2 <= calls.count(2) <= 4
