@@ -18,6 +18,7 @@ Metrics (Prometheus text format at `/metrics` of the scheduler and the console, 
 from __future__ import annotations
 
 import functools
+import hmac
 import json
 import logging
 import os
@@ -227,6 +228,11 @@ def register_store_metrics() -> None:
         if _store_metrics is None:
             _store_metrics = StoreMetrics()
             REGISTRY.register(_store_metrics)  # type: ignore[arg-type]
+
+
+def authorized(header: str, token: str) -> bool:
+    """Whether a scrape may read /metrics: no METRICS_TOKEN configured (a private network), or its bearer."""
+    return not token or hmac.compare_digest(header.encode(), f"Bearer {token}".encode())
 
 
 def exposition() -> Tuple[bytes, str]:

@@ -6,7 +6,6 @@ patient data. Set METRICS_TOKEN to require ``Authorization: Bearer <token>``.
 
 from __future__ import annotations
 
-import hmac
 import os
 from typing import Any, Awaitable, Callable
 
@@ -15,12 +14,7 @@ from sanic import Blueprint, response
 from sanic.request import Request
 from sanic.response import HTTPResponse
 
-from bot.observability import exposition
-
-
-def authorized(header: str, token: str) -> bool:
-    """No token configured: open (a private network); otherwise the bearer token must match."""
-    return not token or hmac.compare_digest(header.encode(), f"Bearer {token}".encode())
+from bot.observability import authorized, exposition
 
 
 class MetricsInput(InputChannel):

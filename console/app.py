@@ -14,22 +14,24 @@ import os
 import secrets
 import time
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Dict, List, Optional, TypeVar
 
 import jinja2
+import yaml
 from aiohttp import WSMsgType, web
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from zoneinfo import ZoneInfo
 
 from bot.catalog import departments
-from bot.config import VAR_DIR, get_settings
+from bot.config import DATA_DIR, VAR_DIR, get_settings
 from bot.crm import audit, care, escalations
 from bot.crm.models import AuditEntry, Escalation, EscalationStatus, Patient, StaffUser, utcnow
 from bot.db import session_scope
+from bot.observability import mask_text
 from bot.outbound.providers import OutboundMessage
-from channels.common import mask
 from console import auth, panel
 from console.conversations import History, Rasa, RasaUnavailable
 from console.live import Hub, Watcher
@@ -76,6 +78,28 @@ def _local(moment: Optional[datetime], fmt: str = "%m-%d %H:%M") -> str:
     return moment.astimezone(ZoneInfo(get_settings().timezone)).strftime(fmt)
 
 
+@lru_cache(maxsize=None)
+def _care_plan_titles() -> Dict[str, str]:
+    titles = {}
+    for path in sorted((DATA_DIR / "care_plans").glob("*.yml")):
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if isinstance(raw, dict) and raw.get("name"):
+            titles[str(raw["name"])] = str(raw.get("title") or raw["name"])
+    return titles
+
+
+def label(kind: str, code: Optional[str]) -> str:
+    """A code as staff read it: 心血管内科 for cardiology, 微信 for wechat; the code itself when unknown."""
+    if not code:
+        return ""
+    if kind == "department":
+        info = departments().get(code)
+        return info.name if info else code
+    if kind == "care_plan":
+        return _care_plan_titles().get(code, code)
+    return escalations.rules().labels.get(kind, {}).get(code, code)
+
+
 def _templates() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(HERE / "templates")),
@@ -85,6 +109,7 @@ def _templates() -> jinja2.Environment:
     env.filters["local"] = _local
     env.globals["tz"] = get_settings().timezone
     env.globals["reason_name"] = lambda reason: escalations.rules().reason_names.get(reason, reason)
+    env.globals["label"] = label
     return env
 
 
@@ -101,6 +126,8 @@ def describe_escalation(escalation: Escalation, now: datetime) -> Dict[str, Any]
         "status": escalation.status.value,
         "channel": escalation.channel or "",
         "department": escalation.department_code or "",
+        "department_name": label("department", escalation.department_code),
+        "channel_name": label("channels", escalation.channel),
         "summary": escalation.summary[-300:],
         "waiting_minutes": int(waited // 60),
         "overdue": escalation.status == EscalationStatus.OPEN and waited > deadline,
@@ -207,9 +234,8 @@ class Console:
     async def metrics(self, request: web.Request) -> web.Response:
         """Counts for Prometheus (escalations waiting, outbox depth): no patient data; METRICS_TOKEN guards it."""
         from bot import observability
-        from channels.metrics import authorized
 
-        if not authorized(request.headers.get("Authorization", ""), os.environ.get("METRICS_TOKEN", "")):
+        if not observability.authorized(request.headers.get("Authorization", ""), os.environ.get("METRICS_TOKEN", "")):
             raise web.HTTPUnauthorized(text="metrics token required")
         body, content_type = await asyncio.to_thread(observability.exposition)
         return web.Response(body=body, headers={"Content-Type": content_type})
@@ -263,14 +289,14 @@ class Console:
         response.set_cookie(COOKIE, self.cookies.sign(token), httponly=True, samesite="Strict",
                             secure=self.secure_cookies, max_age=int(auth.SESSION_LIFETIME.total_seconds()))  # fmt: skip
         response.del_cookie(LOGIN_CSRF_COOKIE, path="/login")
-        return response
+        raise response
 
     async def logout(self, request: web.Request) -> web.Response:
         user = self.user(request)
         await in_db(lambda session: auth.end_session(session, user.session_key))
         response = web.HTTPFound("/login")
         response.del_cookie(COOKIE)
-        return response
+        raise response
 
     # --- queue -----------------------------------------------------------------------------------------
 
@@ -349,7 +375,7 @@ class Console:
             self.user(request).is_admin and item["status"] == "claimed"
         )
         return self.render(request, "conversation.html", item=item, turns=turns, paused=paused, mine=mine,
-                           canned=escalations.rules().canned_replies, address=mask(item["sender_id"]))  # fmt: skip
+                           canned=escalations.rules().canned_replies, address=mask_text(item["sender_id"]))  # fmt: skip
 
     async def turns_api(self, request: web.Request) -> web.Response:
         item = await self._open(request, self.escalation_id(request), "view")

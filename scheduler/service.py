@@ -209,9 +209,7 @@ async def _health(request: Any) -> Any:
 async def _metrics(request: Any) -> Any:
     from aiohttp import web
 
-    from channels.metrics import authorized
-
-    if not authorized(request.headers.get("Authorization", ""), os.environ.get("METRICS_TOKEN", "")):
+    if not observability.authorized(request.headers.get("Authorization", ""), os.environ.get("METRICS_TOKEN", "")):
         raise web.HTTPUnauthorized(text="metrics token required")
     body, content_type = observability.exposition()
     return web.Response(body=body, headers={"Content-Type": content_type})

@@ -48,6 +48,7 @@ class Rules:
     pausing_reasons: FrozenSet[str]
     reason_names: Dict[str, str]
     canned_replies: Sequence[str]
+    labels: Dict[str, Dict[str, str]]
 
     def deadline(self, priority: int) -> timedelta:
         return timedelta(minutes=self.deadlines_minutes.get(priority, max(self.deadlines_minutes.values())))
@@ -61,6 +62,7 @@ def rules() -> Rules:
         pausing_reasons=frozenset(raw["pausing_reasons"]),
         reason_names=dict(raw.get("reasons") or {}),
         canned_replies=tuple(raw.get("canned_replies") or ()),
+        labels={kind: dict(names) for kind, names in (raw.get("labels") or {}).items()},
     )
 
 

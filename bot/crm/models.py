@@ -230,7 +230,7 @@ class Escalation(Base):
         default=EscalationStatus.OPEN,
     )
     created_at = Column(DateTime, nullable=False, default=utcnow)
-    department_code = Column(String(16), nullable=True)  # the queue's department filter (triage or booking)
+    department_code = Column(String(40), nullable=True)  # the queue's department filter (triage or booking)
     pauses_bot = Column(Boolean, nullable=False, default=False)  # the bot went quiet when it was opened
     claimed_by_id = Column(Integer, ForeignKey("staff_users.id"), nullable=True)
     claimed_at = Column(DateTime, nullable=True)
@@ -258,7 +258,7 @@ class StaffUser(Base):
     display_name = Column(String(64), nullable=False)
     password_hash = Column(String(255), nullable=False)
     role = Column(_status_type(StaffRole, "staff_role"), nullable=False, default=StaffRole.NURSE)
-    department_code = Column(String(16), nullable=True)
+    department_code = Column(String(40), nullable=True)
     phone = Column(String(20), nullable=True)
     on_call = Column(Boolean, nullable=False, default=False)
     active = Column(Boolean, nullable=False, default=True)

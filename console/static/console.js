@@ -56,7 +56,12 @@ function localTime(iso) {
 
 async function claim(id) {
   const { status, body } = await post("/escalations/" + id + "/claim");
-  if (status === 200) { window.location = "/escalations/" + id; return; }
+  if (status === 200) {
+    // e.g. the bot could not be paused: shown on the conversation page the nurse lands on
+    if (body.warning) sessionStorage.setItem("notice", body.warning);
+    window.location = "/escalations/" + id;
+    return;
+  }
   notice(status === 409 ? "已被 " + (body.holder || "其他护士") + " 接手" : "接手失败：" + (body.error || status), true);
 }
 
@@ -72,8 +77,8 @@ function queuePage() {
       tr.dataset.id = item.id;
       const badge = el("span", "badge p" + item.priority, "P" + item.priority);
       const first = el("td"); first.append(badge); tr.append(first);
-      tr.append(el("td", "", item.reason_name), el("td", "", item.waiting_minutes + " 分钟"), el("td", "", item.channel),
-        el("td", "", item.department), el("td", "summary", item.summary),
+      tr.append(el("td", "", item.reason_name), el("td", "", item.waiting_minutes + " 分钟"), el("td", "", item.channel_name),
+        el("td", "", item.department_name), el("td", "summary", item.summary),
         el("td", "status", item.claimed_by ? item.claimed_by + " 处理中" : "待接手"));
       const last = el("td");
       if (!item.claimed_by) {
@@ -167,6 +172,8 @@ function conversationPage() {
 document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll("[data-autosubmit]").forEach((select) =>
     select.addEventListener("change", () => select.form.submit()));
+  const carried = sessionStorage.getItem("notice");
+  if (carried) { sessionStorage.removeItem("notice"); notice(carried, true); }
   const page = document.body.dataset.page;
   if (page === "queue") queuePage();
   if (page === "conversation") conversationPage();

@@ -189,6 +189,7 @@ def test_the_queue_is_ordered_by_priority_then_waiting_time_and_filtered(console
     nurse = console.login("nurse")
     items = nurse.get(f"{console.url}/api/queue", timeout=10).json()["items"]
     assert [i["id"] for i in items] == [late_urgent, early_routine, other]
+    assert (items[0]["department_name"], items[0]["channel_name"]) == ("心血管内科", "短信")  # as staff read them
     assert items[1]["overdue"] and not items[0]["overdue"]
     cardiology = nurse.get(f"{console.url}/api/queue?department=cardiology", timeout=10).json()["items"]
     assert [i["id"] for i in cardiology] == [late_urgent, other]
@@ -266,3 +267,13 @@ def test_metrics_are_counts_only_and_a_token_guards_them(console: ConsoleWorld, 
     assert requests.get(f"{console.url}/metrics", timeout=10).status_code == 401
     guarded = requests.get(f"{console.url}/metrics", headers={"Authorization": "Bearer scrape-me"}, timeout=10)
     assert guarded.status_code == 200
+
+
+def test_the_console_process_does_not_load_rasa() -> None:
+    """The console starts in a second and stays small: no Rasa, TensorFlow or channel package in it."""
+    import subprocess
+    import sys
+
+    probe = "import sys, console.app; print(sorted(m for m in ('rasa', 'tensorflow', 'channels') if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert loaded.stdout.strip() == "[]", loaded.stderr[-2000:]

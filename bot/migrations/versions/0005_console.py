@@ -22,7 +22,7 @@ def upgrade() -> None:
     sa.Column('display_name', sa.String(length=64), nullable=False),
     sa.Column('password_hash', sa.String(length=255), nullable=False),
     sa.Column('role', sa.Enum('nurse', 'admin', name='staff_role', native_enum=False, length=16), nullable=False),
-    sa.Column('department_code', sa.String(length=16), nullable=True),
+    sa.Column('department_code', sa.String(length=40), nullable=True),
     sa.Column('phone', sa.String(length=20), nullable=True),
     sa.Column('on_call', sa.Boolean(), nullable=False),
     sa.Column('active', sa.Boolean(), nullable=False),
@@ -58,7 +58,7 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_patient_tags_patient_id'), ['patient_id'], unique=False)
 
     with op.batch_alter_table('escalations', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('department_code', sa.String(length=16), nullable=True))
+        batch_op.add_column(sa.Column('department_code', sa.String(length=40), nullable=True))
         batch_op.add_column(sa.Column('pauses_bot', sa.Boolean(), nullable=False, server_default=sa.false()))
         batch_op.add_column(sa.Column('claimed_by_id', sa.Integer(), nullable=True))
         batch_op.add_column(sa.Column('claimed_at', sa.DateTime(), nullable=True))
